@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A disposable, real PostgreSQL replication sandbox on 127.0.0.1.
 
 Three nodes live under one sandbox directory (default ``<repo>/.sandbox``,
@@ -231,7 +230,10 @@ class Config:
     def dsn(self, node: str, superuser: bool = False, dbname: str = APP_DB) -> str:
         """libpq URI, e.g. ``postgresql://app:app-secret@127.0.0.1:54320/app``."""
         p = self.params(node, superuser, dbname)
-        q = lambda s: urllib.parse.quote(str(s), safe="")  # noqa: E731
+
+        def q(value):
+            return urllib.parse.quote(str(value), safe="")
+
         return f"postgresql://{q(p['user'])}:{q(p['password'])}@{p['host']}:{p['port']}/{q(p['dbname'])}"
 
 
@@ -310,7 +312,7 @@ def _run(cmd: Sequence[str], *, timeout: float, env: Optional[Mapping[str, str]]
     label = what or os.path.basename(cmd[0] if cmd[0] != "runuser" else cmd[4])
     try:
         proc = subprocess.run(
-            list(cmd), input=input, capture_output=True, text=True, timeout=timeout,
+            list(cmd), input=input, capture_output=True, text=True, timeout=timeout, check=False,
             env=full_env, cwd=cwd, stdin=None if input is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise SandboxError(f"{label} did not finish within {timeout:.0f}s") from None
@@ -367,7 +369,7 @@ def find_bindir(config: Optional[Config] = None, install: bool = False) -> str:
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
             if out.returncode == 0:
                 candidates.append(out.stdout.strip())
         except (OSError, subprocess.TimeoutExpired):
@@ -709,7 +711,10 @@ def _provision_primary(config: Config, bindir: str) -> None:
     log("building primary")
     _initdb(config, "primary", bindir)
     _start_node(config, "primary", bindir)
-    q = lambda sql, **kw: query(config, "primary", sql, bindir=bindir, timeout=config.timeout, **kw)  # noqa: E731
+
+    def q(sql, **kw):
+        return query(config, "primary", sql, bindir=bindir, timeout=config.timeout, **kw)
+
     q(f"""
 CREATE ROLE {APP_USER} LOGIN PASSWORD {_sql_literal(config.app_password)};
 CREATE ROLE {REPLICATION_USER} REPLICATION LOGIN PASSWORD {_sql_literal(config.replication_password)};
@@ -775,7 +780,10 @@ def _provision_subscriber(config: Config, bindir: str) -> None:
     log("building subscriber")
     _initdb(config, "subscriber", bindir)
     _start_node(config, "subscriber", bindir)
-    q = lambda sql, **kw: query(config, "subscriber", sql, bindir=bindir, timeout=config.timeout, **kw)  # noqa: E731
+
+    def q(sql, **kw):
+        return query(config, "subscriber", sql, bindir=bindir, timeout=config.timeout, **kw)
+
     q(f"""
 CREATE ROLE {APP_USER} LOGIN PASSWORD {_sql_literal(config.app_password)};
 GRANT pg_monitor TO {APP_USER};
@@ -1266,7 +1274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] == "psql":
             return _cmd_psql(argv[1:])
-        parser = argparse.ArgumentParser(prog="sandbox", description=__doc__.split("\n\n")[0])
+        parser = argparse.ArgumentParser(prog="sandbox", description=__doc__.split("\n\n", maxsplit=1)[0])
         sub = parser.add_subparsers(dest="command", required=True)
         sub.add_parser("up", help="create/start primary, standby and subscriber (idempotent)")
         sub.add_parser("down", help="stop the sandbox's servers and delete its data")

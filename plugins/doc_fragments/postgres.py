@@ -34,12 +34,12 @@ options:
     type: str
     default: ''
     aliases: [ unix_socket ]
-  port:
+  login_port:
     description:
       - Database server port.
     type: int
     default: 5432
-    aliases: [ login_port ]
+    aliases: [ port ]
   login_db:
     description:
       - Database to connect to. Empty means the libpq default (the user's name).

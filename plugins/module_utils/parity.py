@@ -35,7 +35,6 @@ __metaclass__ = type
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.stateful.rollback.plugins.module_utils import rowhash
 from ansible_collections.stateful.rollback.plugins.module_utils.catalog import describe_table
@@ -172,7 +171,7 @@ class TablePair(object):
         if self.replica.kind not in (PHYSICAL, LOGICAL) or not candidates:
             return candidates
         remaining = dict((key, kind) for kind, key in candidates)
-        for _ in range(self.settings.confirm_rounds):
+        for dummy in range(self.settings.confirm_rounds):
             keys = list(remaining)
             p_map, r_map = self.ordered(lambda c: rowhash.rows_by_key(c, self.table, self.columns, keys))
             now = dict((key, kind) for kind, key in diff_maps(p_map, r_map, keys))
@@ -205,7 +204,7 @@ def plan_boundaries(conn, table, settings):
     chunks = max(1, int(math.ceil((estimated or 0) / float(settings.chunk_size))))
     if estimated is None:
         # Never analyzed: count once so chunks are sized right.
-        rows, _ = rowhash.table_hash(conn, table, table.key or table.columns[:1])
+        rows = rowhash.table_hash(conn, table, table.key or table.columns[:1])[0]
         chunks = max(1, int(math.ceil(rows / float(settings.chunk_size))))
         estimated = rows
     return rowhash.sample_boundaries(conn, table, chunks, estimated)
@@ -247,6 +246,7 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
     per_replica_chunks = {}
     for name in pairs:
         per_replica_chunks[name] = futures[name].result()
+
     # Steps 3-5 per replica, in parallel (each pair owns its connections' turn).
     def finish(name):
         pair = pairs[name]

@@ -51,7 +51,7 @@ def _primary_options(params):
 def _replica_name(entry, params, index):
     if entry.get("name"):
         return entry["name"]
-    return "%s:%s" % (entry.get("login_host") or entry.get("login_unix_socket") or "local", entry.get("port") or params.get("port"))
+    return "%s:%s" % (entry.get("login_host") or entry.get("login_unix_socket") or "local", entry.get("login_port") or params.get("login_port"))
 
 
 class Session(object):
@@ -132,9 +132,9 @@ def _health(primary, replicas, params):
 
 def _parity(primary, replicas, tables, params, progress):
     settings = parity.Settings(**dict((k, params.get(k)) for k in list(parity.DEFAULTS) + ["on_missing_key"]))
-    budgets = dict((node.name, {"left": settings.max_differences}) for node, _ in replicas)
-    per_replica = dict((node.name, []) for node, _ in replicas)
-    nodes = [node for node, _ in replicas]
+    nodes = [entry[0] for entry in replicas]
+    budgets = dict((node.name, {"left": settings.max_differences}) for node in nodes)
+    per_replica = dict((node.name, []) for node in nodes)
     rows = 0
     with ThreadPoolExecutor(max_workers=len(nodes) + 1) as pool:
         for index, table in enumerate(tables):
@@ -329,5 +329,8 @@ def _baseline_message(comparison):
         if not item["same"]:
             diffs = item.get("differences") or {}
             counts = ", ".join("%d %s" % (len(v), k) for k, v in sorted(diffs.items()) if v)
-            parts.append("%s: %s (rows %s -> %s)%s" % (item["table"], item["status"], item["rows_baseline"], item.get("rows_now"), " " + counts if counts else ""))
+            parts.append(
+                "%s: %s (rows %s -> %s)%s"
+                % (item["table"], item["status"], item["rows_baseline"], item.get("rows_now"), " " + counts if counts else "")
+            )
     return "database differs from the baseline: " + "; ".join(parts)

@@ -236,7 +236,7 @@ def rows_by_key(conn, table, columns, keys):
         return {}
     n = len(table.key)
     matches = sql.SQL(" OR ").join(
-        sql.SQL("({} = {})").format(key_expr(table), key_value_expr(table)) for _ in keys
+        [sql.SQL("({} = {})").format(key_expr(table), key_value_expr(table))] * len(keys)
     )
     query = sql.SQL("SELECT {keys}, {hash} FROM {table} WHERE {matches}").format(
         keys=key_text_exprs(table),

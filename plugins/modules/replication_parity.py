@@ -30,7 +30,7 @@ description:
     (validated or NOT VALID) have no orphans, and counts rows.
   - The module only reads databases. In check mode it runs fully, except that a baseline file is not written.
 author:
-  - stateful.rollback contributors
+  - stateful.rollback maintainers (@stateful-rollback)
 extends_documentation_fragment:
   - stateful.rollback.postgres
 attributes:
@@ -39,6 +39,7 @@ attributes:
     description: Everything is read-only; O(baseline_path) is not written in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed on a database, so there is nothing to diff.
 options:
   mode:
     description:
@@ -77,10 +78,10 @@ options:
         description: Unix socket directory of the replica.
         type: str
         aliases: [ unix_socket ]
-      port:
+      login_port:
         description: Port of the replica.
         type: int
-        aliases: [ login_port ]
+        aliases: [ port ]
       login_db:
         description: Database on the replica.
         type: str
@@ -123,7 +124,7 @@ options:
     default: []
   key_columns:
     description:
-      - Key columns per table, for tables without a primary key, as C({table: [col, ...]}).
+      - "Key columns per table, for tables without a primary key, as C({table: [col, ...]})."
       - Without it the key is the primary key, or else a unique index whose columns are all NOT NULL.
     type: dict
     default: {}
@@ -298,10 +299,10 @@ replicas:
     - Per replica. In O(mode=health) C(name), C(kind), C(state), C(streaming), C(lag_bytes), C(lag_seconds),
       C(healthy), C(problems), and for physical standbys C(replay_lsn), C(replay_paused), for logical subscribers
       C(subscriptions) with each table's sync state.
-    - In O(mode=parity) C(name), C(kind), C(in_sync), C(difference_count), C(tables_differing) and C(tables): per table
-      C(rows_primary), C(rows_replica), C(chunks), C(chunks_differing), C(differences) (C(missing_on_replica),
-      C(extra_on_replica), C(different): lists of keys as column-value dicts), C(truncated), C(status)
-      (in_sync, differs, missing_on_replica, not_confirmed, skipped) and C(seconds).
+    - In O(mode=parity) C(name), C(kind), C(in_sync), C(difference_count), C(tables_differing) and C(tables) with,
+      per table, C(rows_primary), C(rows_replica), C(chunks), C(chunks_differing), C(truncated), C(seconds),
+      C(status) (one of in_sync, differs, missing_on_replica, not_confirmed, skipped) and C(differences), whose
+      C(missing_on_replica), C(extra_on_replica) and C(different) list keys as column-value dicts.
   returned: when mode is health or parity
   type: list
   elements: dict
@@ -402,7 +403,7 @@ def argument_spec():
         tables=dict(type="list", elements="str"),
         exclude_tables=dict(type="list", elements="str", default=[]),
         exclude_schemas=dict(type="list", elements="str", default=[]),
-        key_columns=dict(type="dict", default={}),
+        key_columns=dict(type="dict", default={}, no_log=False),
         on_missing_key=dict(type="str", default="fail", choices=["fail", "skip", "table_hash"]),
         chunk_size=dict(type="int", default=10000),
         leaf_rows=dict(type="int", default=512),
@@ -441,8 +442,8 @@ def validate(module):
         if not isinstance(cols, list) or not cols or not all(isinstance(c, str) and c for c in cols):
             module.fail_json(msg="key_columns[%s] must be a non-empty list of column names" % table)
     for index, entry in enumerate(params["replicas"]):
-        if not entry.get("login_host") and not entry.get("login_unix_socket") and not entry.get("port"):
-            module.fail_json(msg="replicas[%d] needs login_host, login_unix_socket or port" % index)
+        if not entry.get("login_host") and not entry.get("login_unix_socket") and not entry.get("login_port"):
+            module.fail_json(msg="replicas[%d] needs login_host, login_unix_socket or login_port" % index)
 
 
 def progress_writer(module):

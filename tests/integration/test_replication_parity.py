@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def conn_options(params, **extra):
     options = dict(
-        login_host=params["host"], port=int(params["port"]), login_user=params["user"],
+        login_host=params["host"], login_port=int(params["port"]), login_user=params["user"],
         login_password=params["password"], login_db=params["dbname"],
     )
     options.update(extra)
@@ -32,7 +32,7 @@ def replicas(sandbox, names=("standby", "subscriber")):
     out = []
     for name in names:
         params = getattr(sandbox, name)
-        out.append(dict(name=name, login_host=params["host"], port=int(params["port"])))
+        out.append(dict(name=name, login_host=params["host"], login_port=int(params["port"])))
     return out
 
 
@@ -186,7 +186,7 @@ def test_concurrent_writes_give_no_false_difference(sandbox, items):
     thread.start()
     try:
         time.sleep(0.3)
-        results = [parity(sandbox, tables=[items], chunk_size=200, leaf_rows=20) for _ in range(3)]
+        results = [parity(sandbox, tables=[items], chunk_size=200, leaf_rows=20) for dummy in range(3)]
     finally:
         stop.set()
         thread.join(30)
@@ -315,7 +315,7 @@ def test_bad_input_gives_clear_error(sandbox, kwargs, fragment):
 
 
 def test_unreachable_replica_and_wrong_password(sandbox):
-    failure = failing(sandbox, replicas=[dict(name="ghost", login_host="127.0.0.1", port=1)])
+    failure = failing(sandbox, replicas=[dict(name="ghost", login_host="127.0.0.1", login_port=1)])
     assert failure.msg.startswith("replica ghost: unable to connect to database:")
     wrong = dict(conn_options(sandbox.primary), login_password="not-the-password-42", mode="health", replicas=replicas(sandbox))
     with pytest.raises(ParityFailure) as err:

@@ -76,16 +76,16 @@ def test_lsn_round_trip():
 
 
 def test_conn_params_fall_back_to_primary():
-    primary = dict(login_host="10.0.0.1", port=5432, login_user="checker", login_password="s3cret", login_db="app",
+    primary = dict(login_host="10.0.0.1", login_port=5432, login_user="checker", login_password="s3cret", login_db="app",
                    ssl_mode="prefer", connect_timeout=10, connect_params={"target_session_attrs": "any"})
-    replica = dict(login_host="127.0.0.1", port=55431, login_user=None)
+    replica = dict(login_host="127.0.0.1", login_port=55431, login_user=None)
     params = get_conn_params(replica, primary)
     assert params == dict(host="127.0.0.1", port=55431, user="checker", password="s3cret", dbname="app",
                           sslmode="prefer", connect_timeout=10, target_session_attrs="any")
 
 
 def test_unix_socket_used_when_no_host():
-    params = get_conn_params(dict(login_host="", login_unix_socket="/run/pg", port=5433))
+    params = get_conn_params(dict(login_host="", login_unix_socket="/run/pg", login_port=5433))
     assert params["host"] == "/run/pg"
 
 
