@@ -64,7 +64,7 @@ sanity: bootstrap ## ansible-test sanity on a temporary ansible_collections/ cop
 
 demo: bootstrap ## start the sandbox and run playbooks/demo.yml against it
 	scripts/sandbox up
-	eval "$$(scripts/sandbox env)" && $(BIN)/ansible-playbook playbooks/demo.yml
+	$(BIN)/ansible-playbook playbooks/demo.yml
 
 sandbox: bootstrap ## start the PostgreSQL sandbox (primary, standby, subscriber)
 	scripts/sandbox up

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -69,10 +70,10 @@ SELECT 2 * g - 1,
        'acct-' || lpad((g % 50021)::text, 6, '0'),
        round(((g * 7919) % 10000000) / 100.0, 2),
        timestamptz '2024-01-01 00:00:00+00' + g * interval '37 seconds',
-       CASE WHEN g % 97 = 0 THEN NULL ELSE ((g * 2654435761) % 1000003) / 1000.0 END,
+       CASE WHEN g % 97 = 0 THEN NULL ELSE ((g * 2654435761) % 1000003)::float8 / 7 END,
        g % 3 <> 0,
-       CASE WHEN g % 11 = 0 THEN NULL ELSE repeat(md5(g::text), 1 + g % 2) END
-  FROM generate_series(1, %s) AS g
+       CASE WHEN g % 11 = 0 THEN NULL ELSE repeat(md5(g::text), 1 + (g % 2)::int) END
+  FROM generate_series(1::bigint, {{rows}}::bigint) AS g
 """
 FLOOR_SQL = (
     f"SELECT count(*), sum(hashtextextended(ROW({', '.join(COLUMNS)})::text, 0)) FROM {TABLE}"
@@ -223,7 +224,7 @@ def load(cfg, rows: int) -> None:
         conn = pg_connect(cfg, "primary")
         try:
             with conn.cursor() as cur:
-                cur.execute(LOAD_SQL, (rows,))
+                cur.execute(LOAD_SQL.format(rows=int(rows)))
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 target = cur.fetchone()[0]
         finally:
@@ -284,23 +285,23 @@ def plant(cfg, rows: int) -> Dict[int, str]:
     planted[extra] = "extra_on_replica"
     if len(planted) != 5:
         raise SetupError(f"planted keys collide for ROWS={rows}: {planted}")
-    statements = [
-        (f"DELETE FROM {TABLE} WHERE id = ANY(%s)", (deleted,)),
+    statements = [  # (SQL, parameters, rows it must change)
+        (f"DELETE FROM {TABLE} WHERE id = ANY(%s)", (deleted,), len(deleted)),
         # a one-cent change
-        (f"UPDATE {TABLE} SET amount = amount + 0.01 WHERE id = %s", (changed[0],)),
+        (f"UPDATE {TABLE} SET amount = amount + 0.01 WHERE id = %s", (changed[0],), 1),
         # a NULL where there was a value (or the reverse) and a flipped boolean
         (f"UPDATE {TABLE} SET active = NOT active, "
-         "note = CASE WHEN note IS NULL THEN 'planted' ELSE NULL END WHERE id = %s", (changed[1],)),
+         "note = CASE WHEN note IS NULL THEN 'planted' ELSE NULL END WHERE id = %s", (changed[1],), 1),
         (f"INSERT INTO {TABLE} (id, account, amount, created_at, score, active, note) "
-         "VALUES (%s, 'acct-planted', 1.00, '2024-06-01 00:00:00+00', 0.5, true, 'extra row')", (extra,)),
+         "VALUES (%s, 'acct-planted', 1.00, '2024-06-01 00:00:00+00', 0.5, true, 'extra row')", (extra,), 1),
     ]
     conn = pg_connect(cfg, "subscriber", superuser=True)
     try:
         with conn.cursor() as cur:
-            for query, params in statements:
+            for query, params, expected in statements:
                 cur.execute(query, params)
-                if cur.rowcount != len(params[0]) if isinstance(params[0], list) else cur.rowcount != 1:
-                    raise SetupError(f"planting on the subscriber changed {cur.rowcount} rows: {query}")
+                if cur.rowcount != expected:
+                    raise SetupError(f"planting on the subscriber changed {cur.rowcount} rows, not {expected}: {query}")
     finally:
         conn.close()
     return planted
@@ -332,9 +333,10 @@ def measure_ours(cfg) -> Tuple[float, Set[Tuple[int, str]], str]:
 
     p, s = cfg.params("primary"), cfg.params("subscriber")
     params = dict(
-        login_host=p["host"], port=int(p["port"]), login_user=p["user"], login_password=p["password"],
+        # run() takes the module's validated parameters: canonical names, no aliases (port -> login_port)
+        login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
         login_db=p["dbname"], mode="parity", tables=[TABLE],
-        replicas=[dict(name="subscriber", login_host=s["host"], port=int(s["port"]))],
+        replicas=[dict(name="subscriber", login_host=s["host"], login_port=int(s["port"]))],
         fail_on_difference=False, max_differences=100,
     )
     started = time.monotonic()
@@ -438,9 +440,10 @@ def run_rounds(cfg, args, planted: Dict[int, str]) -> Dict[str, dict]:
             text = f"round {rnd + 1}/{args.repeat}  {name:<8} {elapsed:8.3f}s  {detail}"
             if name != "floor":
                 hit, missed, bogus = describe_found(found, planted)
-                # keep the worst round
-                if res["found"] is None or hit < res["found"] or len(bogus) > len(res["bogus"]):
-                    res["found"], res["missed"], res["bogus"] = hit, missed, bogus
+                # the worst round counts: fewest found, every miss and false report of any round
+                res["found"] = hit if res["found"] is None else min(res["found"], hit)
+                res["missed"] = sorted(set(res["missed"]) | set(missed))
+                res["bogus"] = sorted(set(res["bogus"]) | set(bogus))
                 text += f"  found {hit}/{len(planted)}"
                 if missed:
                     text += f"  MISSED: {', '.join(missed)}"
@@ -453,6 +456,26 @@ def run_rounds(cfg, args, planted: Dict[int, str]) -> Dict[str, dict]:
             line.append(f"{name}={elapsed:.3f}s")
         OUT.say(f"round {rnd + 1}/{args.repeat} done: " + "  ".join(line), style="bold")
     return results
+
+
+def start_sandbox(cfg, wait: float = 70.0) -> None:
+    """sandbox.up(), retried for a while when a port is busy.
+
+    Our ports lie in Linux's ephemeral range (32768-60999): a client connection
+    elsewhere (e.g. the test suite's) may have used one as its source port, and
+    its TIME_WAIT entry blocks the server's bind for up to 60 seconds.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with OUT.status("starting the sandbox (primary, standby, subscriber)"):
+                sandbox.up(cfg)
+            return
+        except sandbox.SandboxConflict as exc:
+            if time.monotonic() >= deadline:
+                raise
+            OUT.say(f"{exc} -- retrying in 5s (until {wait:.0f}s have passed)")
+            time.sleep(5)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -477,6 +500,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--repeat must be at least 1")
     if args.reladiff_pool < 1:
         parser.error("--reladiff-pool must be at least 1")
+    # reladiff logs per-run warnings (UUID detection, "no compatibility handling"
+    # for text columns) that would drown the timings.
+    logging.disable(logging.WARNING)
     try:
         import reladiff  # noqa: F401
     except ImportError:
@@ -498,8 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         OUT.say(f"bench_parity: ROWS={args.rows:,} repeat={args.repeat} sandbox={cfg.sandbox_dir} "
                 f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}", style="bold")
-        with OUT.status("starting the sandbox (primary, standby, subscriber)"):
-            sandbox.up(cfg)
+        start_sandbox(cfg)
         load(cfg, args.rows)
         planted = plant(cfg, args.rows)
         OUT.say("planted on the subscriber: " + ", ".join(f"{kind} id={key}" for key, kind in sorted(planted.items())))
@@ -564,8 +589,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             try:
                 with OUT.status("tearing the sandbox down"):
-                    sandbox.down(cfg)
-                OUT.say(f"sandbox {cfg.sandbox_dir} stopped and removed")
+                    gone = sandbox.down(cfg)
+                if gone["removed"]:
+                    OUT.say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone['stopped']) or 'nothing running'}) and removed")
             except sandbox.SandboxError as exc:
                 OUT.say(f"bench_parity: could not tear the sandbox down: {exc}", style="bold red")
                 code = code or 2
