@@ -231,17 +231,22 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
         pairs[rep.name] = TablePair(primary, rep, table, rt, settings, budgets[rep.name])
     if not pairs:
         return results
-    # Step 2: one scan per node, all at once. The primary scan uses the
-    # column set common to all replicas with the same definition.
-    common = _common_columns(table, pairs)
+    # Step 2: one scan per node, all at once. Each replica is compared on the
+    # columns it has with the primary's name and type; the primary is scanned
+    # once per distinct column set (nearly always just one).
+    column_sets = {}
     for pair in pairs.values():
-        if [c.name for c in pair.columns] != [c.name for c in common]:
-            pair.columns = common
-    futures = {"__primary__": pool.submit(rowhash.chunk_hashes, primary.conn, table, common, boundaries)}
-    for name, pair in pairs.items():
-        futures[name] = pool.submit(rowhash.chunk_hashes, pair.replica.conn, table, common, boundaries)
-    primary_chunks = futures["__primary__"].result()
-    primary_rows = sum(v[0] for v in primary_chunks.values())
+        column_sets.setdefault(tuple(c.name for c in pair.columns), pair.columns)
+    primary_futures = dict(
+        (names, pool.submit(rowhash.chunk_hashes, primary.conn, table, columns, boundaries))
+        for names, columns in column_sets.items()
+    )
+    futures = dict(
+        (name, pool.submit(rowhash.chunk_hashes, pair.replica.conn, table, pair.columns, boundaries))
+        for name, pair in pairs.items()
+    )
+    primary_by_set = dict((names, future.result()) for names, future in primary_futures.items())
+    primary_rows = sum(v[0] for v in next(iter(primary_by_set.values())).values())
     empty = (0, "0")
     per_replica_chunks = {}
     for name in pairs:
@@ -251,6 +256,7 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
     def finish(name):
         pair = pairs[name]
         rep_chunks = per_replica_chunks[name]
+        primary_chunks = primary_by_set[tuple(c.name for c in pair.columns)]
         p_list = [primary_chunks.get(i, empty) for i in range(len(ranges))]
         r_list = [rep_chunks.get(i, empty) for i in range(len(ranges))]
         replica_rows = sum(v[0] for v in rep_chunks.values())
@@ -307,14 +313,6 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
     if progress:
         progress({"event": "table_done", "table": table.display, "rows": primary_rows, "seconds": round(elapsed, 3)})
     return results
-
-
-def _common_columns(table, pairs):
-    names = None
-    for pair in pairs.values():
-        these = set(c.name for c in pair.columns)
-        names = these if names is None else names & these
-    return [c for c in table.columns if c.name in names]
 
 
 def _compare_keyless(primary, replicas, table, replica_tables, settings, pool, started):

@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def test_demo_refuses_without_a_running_sandbox(sandbox, tmp_path):
 
 def test_check_mode_writes_nothing_and_secrets_stay_hidden(sandbox, tmp_path):
     baseline = tmp_path / "baseline.json"
+    progress = tmp_path / "progress.jsonl"
     playbook = tmp_path / "check.yml"
     primary = sandbox.primary
     playbook.write_text(textwrap.dedent("""\
@@ -87,7 +89,8 @@ def test_check_mode_writes_nothing_and_secrets_stay_hidden(sandbox, tmp_path):
                 login_user: {user}
                 login_password: {password}
                 login_db: {dbname}
-                tables: [orders]
+                tables: [orders, customers]
+                progress_log: {progress}
                 replicas:
                   - {{name: standby, login_host: {host}, login_port: {standby_port}}}
               check_mode: true
@@ -98,12 +101,18 @@ def test_check_mode_writes_nothing_and_secrets_stay_hidden(sandbox, tmp_path):
                   - captured.changed
                   - not checked.changed
                   - checked.in_sync
-        """).format(baseline=baseline, standby_port=sandbox.standby["port"], **primary))
+        """).format(baseline=baseline, progress=progress, standby_port=sandbox.standby["port"], **primary))
     rc, out = ansible_playbook(sandbox, str(playbook), "-vvv")
     assert rc == 0, out[-4000:]
     assert not baseline.exists()  # check mode: the file would change, but is not written
     assert primary["password"] not in out
     assert "********" in out or "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in out
+    # Long comparisons report progress: one event per table, then the running totals.
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    done = [e for e in events if e["event"] == "table_done"]
+    assert [e["table"] for e in done] == ["public.orders", "public.customers"]
+    assert events[-1]["event"] == "progress" and events[-1]["tables_done"] == 2 and events[-1]["rows"] == 6000
+    assert all("elapsed_seconds" in e for e in events)
 
 
 def test_ansible_doc_teaches_the_module(sandbox):

@@ -196,6 +196,29 @@ def test_concurrent_writes_give_no_false_difference(sandbox, items):
         assert result["difference_count"] == 0
 
 
+def test_table_or_column_missing_on_a_replica_is_a_difference(sandbox, items):
+    # A table created on the primary only (the standby gets it through WAL, the subscriber does not).
+    sandbox.sql("primary", "CREATE TABLE parity_primary_only (id int PRIMARY KEY)")
+    try:
+        sandbox.wait_standby_caught_up()
+        result = failing(sandbox, tables=["parity_primary_only"]).result
+        assert table_result(result, "subscriber", "public.parity_primary_only")["status"] == "missing_on_replica"
+        assert table_result(result, "standby", "public.parity_primary_only")["status"] == "in_sync"
+    finally:
+        sandbox.sql("primary", "DROP TABLE parity_primary_only")
+    # A column the subscriber lacks cannot be compared: reported, not silently skipped.
+    sandbox.sql("primary", "ALTER TABLE parity_items ADD COLUMN note text")
+    try:
+        sandbox.wait_standby_caught_up()
+        failure = failing(sandbox, tables=[items])
+        diff = table_result(failure.result, "subscriber", "public.parity_items")
+        assert diff["columns_not_compared"] == ["note"] and diff["in_sync"] is False
+        assert "columns differ: note" in failure.msg
+        assert by_name(failure.result, "standby")["in_sync"] is True
+    finally:
+        sandbox.sql("primary", "ALTER TABLE parity_items DROP COLUMN note")
+
+
 def test_baseline_compare_after_change_and_after_undo(sandbox, items, tmp_path):
     path = str(tmp_path / "baseline.json")
     primary = conn_options(sandbox.primary)
