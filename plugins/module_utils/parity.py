@@ -134,6 +134,15 @@ class TablePair(object):
             differing = still
         return differing, state
 
+    def compare_rows(self, rng, found):
+        """Leaf of the bisection: compare the rows of ``rng`` by key and hash."""
+        p_map, r_map = self.ordered(lambda c: rowhash.row_hashes(c, self.table, self.columns, rng))
+        for kind, key in diff_maps(p_map, r_map):
+            if self.budget["left"] <= 0:
+                return
+            found.append((kind, key))
+            self.budget["left"] -= 1
+
     def bisect(self, rng, counts, found):
         """Append (kind, key) of every row that differs in ``rng`` to ``found``."""
         if self.budget["left"] <= 0:
@@ -141,23 +150,13 @@ class TablePair(object):
         self.bisections += 1
         p_rows, r_rows = counts
         if max(p_rows, r_rows) <= self.settings.leaf_rows:
-            p_map, r_map = self.ordered(lambda c: rowhash.row_hashes(c, self.table, self.columns, rng))
-            for kind, key in diff_maps(p_map, r_map):
-                if self.budget["left"] <= 0:
-                    return
-                found.append((kind, key))
-                self.budget["left"] -= 1
+            self.compare_rows(rng, found)
             return
         source = self.primary.conn if p_rows >= r_rows else self.replica.conn
         points = rowhash.split_points(source, self.table, rng, self.settings.bisect_factor)
         if not points:
-            # Cannot cut further (all rows share the range's lower key): compare rows.
-            p_map, r_map = self.ordered(lambda c: rowhash.row_hashes(c, self.table, self.columns, rng))
-            for kind, key in diff_maps(p_map, r_map):
-                if self.budget["left"] <= 0:
-                    return
-                found.append((kind, key))
-                self.budget["left"] -= 1
+            # Too few rows to cut (both sides changed under us since they were counted): compare rows.
+            self.compare_rows(rng, found)
             return
         edges = [rng.lo] + points + [rng.hi]
         pieces = [rowhash.Range(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
