@@ -9,7 +9,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/pytest
 # Lint only what exists yet.
-LINT_PATHS := $(wildcard roles playbooks)
+LINT_PATHS := $(wildcard roles playbooks molecule)
 # yamllint settings compatible with ansible-lint's own yaml rule; files that
 # .gitignore excludes (.venv, .collections, .sandbox, ...) are skipped.
 YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Parity benchmark: our replication_parity mode vs reladiff vs the floor.
 
 Builds its own PostgreSQL sandbox (primary + physical standby + logical
@@ -39,11 +39,14 @@ at the demo sandbox; the other ``SANDBOX_*`` settings (passwords,
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -480,7 +483,7 @@ def start_sandbox(cfg, wait: float = 70.0) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bench_parity", description=__doc__.split("\n\n")[0],
+        prog="bench_parity", description=__doc__.split("\n\n", maxsplit=1)[0],
         epilog="Environment: ROWS, BENCH_SANDBOX_DIR, BENCH_PRIMARY_PORT, BENCH_STANDBY_PORT, BENCH_SUBSCRIBER_PORT.")
     parser.add_argument("--rows", type=parse_rows, default=None,
                         help=f"rows in {TABLE} (default: $ROWS or {DEFAULT_ROWS}; 200k / 2M accepted)")
@@ -518,6 +521,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
 
     cfg = bench_config()
+    # One benchmark per sandbox dir: a second one would tear the sandbox down under the first.
+    lock_path = os.path.join(tempfile.gettempdir(), "bench_parity-%s.lock" % hashlib.sha1(cfg.sandbox_dir.encode()).hexdigest()[:12])
+    lock = open(lock_path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"bench_parity: another bench_parity run is using {cfg.sandbox_dir} (lock {lock_path})", file=sys.stderr)
+        return 2
     was_running = sandbox.status(cfg)["all_running"]
     code = 2
     summary = None

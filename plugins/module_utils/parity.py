@@ -9,16 +9,16 @@ For each table:
    boundaries taken from the primary.
 2. One scan per node, all nodes at once: per chunk the row count and the sum
    of row hashes, computed server-side (see rowhash.py).
-3. Chunks that differ may differ only because the replica has not applied the
-   primary's latest commits yet. They are read again in order - primary
-   first, noting its WAL position, then the replica once it has applied that
-   position - and only chunks that still differ go on.
-4. Bisection: a differing chunk is cut into ``bisect_factor`` pieces by key
-   (split points from the node with more rows there), each piece hashed with
-   the same primary-then-caught-up-replica order, and differing pieces are
-   cut again until they hold at most ``leaf_rows`` rows; then rows are
-   compared by key and hash.
-5. Each differing key is confirmed by re-reading it the same way, up to
+3. A chunk that differs may differ only because the replica has not applied
+   the primary's latest commits yet. Bisection therefore reads in order: the
+   primary first, noting its WAL position, then the replica once it has
+   applied that position (both at once when the primary's position does not
+   move during the reads). A differing chunk is cut into ``bisect_factor``
+   pieces by key (split points from the node with more rows there); pieces
+   that still differ are cut again until they hold at most ``leaf_rows``
+   rows, then rows are compared by key and hash. A difference that was only
+   lag does not survive the first step.
+4. Each differing key is confirmed by re-reading it the same way, up to
    ``confirm_rounds`` times; only keys that differ every time are reported.
    Under concurrent writes a row changed between two reads is therefore not
    reported, while a real difference persists.
@@ -35,6 +35,7 @@ __metaclass__ = type
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.stateful.rollback.plugins.module_utils import rowhash
 from ansible_collections.stateful.rollback.plugins.module_utils.catalog import describe_table
@@ -49,8 +50,8 @@ from ansible_collections.stateful.rollback.plugins.module_utils.replication impo
 
 DEFAULTS = dict(
     chunk_size=10000,
-    leaf_rows=512,
-    bisect_factor=8,
+    leaf_rows=1000,
+    bisect_factor=16,
     max_differences=100,
     settle_timeout=30.0,
     confirm_rounds=3,
@@ -72,6 +73,7 @@ class Node(object):
         self.conn = conn
         self.kind = kind
         self.subscription = subscription
+        self.applied = -1  # highest primary LSN this replica is known to have applied
 
 
 class TablePair(object):
@@ -87,11 +89,14 @@ class TablePair(object):
         self.columns = [c for c in table.columns if c.name in replica_columns and replica_columns[c.name].signature() == c.signature()]
         self.queries = 0
         self.bisections = 0
+        self.executor = None
 
     # -- ordered reads ------------------------------------------------------
 
     def _wait(self, target):
-        return wait_applied(
+        if target is not None and target <= self.replica.applied:
+            return 0.0  # already seen applied: no need to ask again
+        waited = wait_applied(
             self.primary.conn,
             self.replica.conn,
             self.replica.kind,
@@ -100,39 +105,43 @@ class TablePair(object):
             self.replica.subscription,
             self.replica.name,
         )
+        self.replica.applied = max(self.replica.applied, target or -1)
+        return waited
 
     def ordered(self, read):
-        """read(primary conn) -> primary's WAL position -> wait -> read(replica conn)."""
-        on_primary = read(self.primary.conn)
-        if self.replica.kind in (PHYSICAL, LOGICAL):
-            self._wait(primary_lsn(self.primary.conn))
-        on_replica = read(self.replica.conn)
+        """Read the same thing on the primary and on the replica, consistently.
+
+        The replica is read only once it has applied the primary's WAL position
+        of the primary's read, so it holds at least what the primary showed.
+        When the replica has already applied the primary's current position and
+        that position does not move while both are read (no commit happened in
+        between), both reads run at once: the same guarantee at half the latency.
+        """
         self.queries += 2
-        return on_primary, on_replica
+        if self.replica.kind not in (PHYSICAL, LOGICAL):
+            return self._both(read)
+        before = primary_lsn(self.primary.conn)
+        if before <= self.replica.applied:
+            on_primary, on_replica = self._both(read)
+            if primary_lsn(self.primary.conn) == before:
+                return on_primary, on_replica
+        on_primary = read(self.primary.conn)
+        self._wait(primary_lsn(self.primary.conn))
+        return on_primary, read(self.replica.conn)
+
+    def _both(self, read):
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1)
+        future = self.executor.submit(read, self.primary.conn)
+        on_replica = read(self.replica.conn)
+        return future.result(), on_replica
+
+    def close(self):
+        if self.executor is not None:
+            self.executor.shutdown()
+            self.executor = None
 
     # -- the steps ----------------------------------------------------------
-
-    def settle(self, ranges, primary_hashes, replica_hashes):
-        """Re-read differing ranges in order until they agree or stop changing."""
-        differing = [r for r, p, q in zip(ranges, primary_hashes, replica_hashes) if p != q]
-        if self.replica.kind not in (PHYSICAL, LOGICAL):
-            return differing, dict((r, (p, q)) for r, p, q in zip(ranges, primary_hashes, replica_hashes) if p != q)
-        state = {}
-        rounds = 0
-        while differing:
-            rounds += 1
-            p_hashes, r_hashes = self.ordered(lambda c, rs=differing: rowhash.range_hashes(c, self.table, self.columns, rs))
-            still = []
-            state = {}
-            for rng, p, q in zip(differing, p_hashes, r_hashes):
-                if p != q:
-                    still.append(rng)
-                    state[rng] = (p, q)
-            if len(still) == len(differing) or rounds >= self.settings.confirm_rounds:
-                differing = still
-                break
-            differing = still
-        return differing, state
 
     def compare_rows(self, rng, found):
         """Leaf of the bisection: compare the rows of ``rng`` by key and hash."""
@@ -275,20 +284,24 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
         if skipped:
             outcome["columns_not_compared"] = skipped
         try:
-            differing, state = pair.settle(ranges, p_list, r_list)
-            outcome["chunks_differing"] = len(differing)
-            candidates = []
-            for rng in differing:
-                p, q = state[rng]
-                pair.bisect(rng, (p[0], q[0]), candidates)
+            candidates_by_chunk = []
+            for rng, p, q in zip(ranges, p_list, r_list):
+                if p != q:
+                    # Bisection re-reads the chunk in order: a difference that was
+                    # only replication lag does not survive its first step.
+                    found = []
+                    pair.bisect(rng, (p[0], q[0]), found)
+                    candidates_by_chunk.append((rng, found))
+            candidates = [c for rng, found in candidates_by_chunk for c in found]
             confirmed = pair.confirm(candidates)
             pair.budget["left"] += len(candidates) - len(confirmed)
+            kept = set(key for kind, key in confirmed)
+            differing = [rng for rng, found in candidates_by_chunk if any(key in kept for kind, key in found)]
             for kind, key in confirmed:
                 outcome["differences"][kind].append(rowhash.key_dict(table.key, key))
             outcome["difference_count"] = len(confirmed)
+            outcome["chunks_differing"] = len(differing)
             outcome["truncated"] = pair.budget["left"] <= 0 and bool(differing)
-            if outcome["chunks_differing"] and not confirmed and not outcome["truncated"]:
-                outcome["chunks_differing"] = 0
             outcome["in_sync"] = not confirmed and not skipped
             outcome["status"] = "in_sync" if outcome["in_sync"] else "differs"
             if differing:
@@ -297,6 +310,8 @@ def compare_table(primary, replicas, table, settings, budgets, pool, progress=No
             outcome["status"] = "not_confirmed"
             outcome["in_sync"] = None
             outcome["error"] = str(exc)
+        finally:
+            pair.close()
         outcome["queries"] = pair.queries + 1
         outcome["bisections"] = pair.bisections
         return name, outcome

@@ -171,6 +171,27 @@ def fetch_all(conn, query, params=None):
         return cur.fetchall()
 
 
+def fetch_all_with(conn, settings, query, params=None):
+    """fetch_all inside its own transaction with planner settings applied locally.
+
+    The connection must be in autocommit mode (as connect() leaves it); the
+    settings end with the transaction, whatever happens.
+    """
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            for name, value in settings:
+                cur.execute("SELECT set_config(%s, %s, true)", (name, value))
+            cur.execute(query, params)
+            rows = cur.fetchall()
+        except BaseException:
+            if not conn.closed:
+                cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return rows
+
+
 def fetch_one(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)

@@ -22,8 +22,15 @@ __metaclass__ = type
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
     fetch_all,
+    fetch_all_with,
     sql,
 )
+
+# The planner estimates one group per row for a computed chunk index (it
+# cannot know there are only a few hundred) and then prefers sorting the
+# whole table, spilling to disk, over a hash aggregate that fits in a few
+# kilobytes. Chunk scans therefore run with sorting discouraged.
+CHUNK_SCAN_SETTINGS = (("enable_sort", "off"),)
 
 
 class Range(object):
@@ -165,7 +172,7 @@ def chunk_hashes(conn, table, columns, boundaries, rng=None):
         table=sql.Identifier(table.schema, table.name),
         where=where,
     )
-    rows = fetch_all(conn, query, bucket_params + where_params)
+    rows = fetch_all_with(conn, CHUNK_SCAN_SETTINGS, query, bucket_params + where_params)
     return dict((int(r[0]), (int(r[1]), r[2])) for r in rows)
 
 
@@ -254,8 +261,16 @@ def _ordered_by_key(table, alias):
 
 
 def split_points(conn, table, rng, parts):
-    """Keys cutting the rows of ``rng`` into about ``parts`` equal pieces."""
+    """Keys cutting the rows of ``rng`` into about ``parts`` equal pieces.
+
+    A single integer key is cut arithmetically over the range's key span (an
+    open end costs one index probe); each cut shrinks the span ``parts``-fold,
+    so bisection ends within log(span) steps however the keys are spread.
+    Other keys are cut at every n-th row of the range, in key order.
+    """
     where, params = range_predicate(table, rng)
+    if len(table.key) == 1 and table.key[0].is_integer:
+        return _integer_split_points(conn, table, rng, parts, where, params)
     query = sql.SQL(
         "SELECT {keys} FROM (SELECT {cols}, row_number() OVER (ORDER BY {inner}) AS rn, "
         "count(*) OVER () AS total FROM {table} WHERE {where}) src "
@@ -269,6 +284,27 @@ def split_points(conn, table, rng, parts):
         where=where,
     )
     return [tuple(r) for r in fetch_all(conn, query, params + [parts])]
+
+
+def _integer_split_points(conn, table, rng, parts, where, params):
+    lo = None if rng.lo is None else int(rng.lo[0])
+    hi = None if rng.hi is None else int(rng.hi[0])
+    if lo is None or hi is None:
+        col = sql.Identifier(table.key[0].name)
+        query = sql.SQL("SELECT min({c}), max({c}) FROM {t} WHERE {where}").format(
+            c=col, t=sql.Identifier(table.schema, table.name), where=where
+        )
+        low, high = fetch_all(conn, query, params)[0]
+        if low is None:
+            return []
+        lo = low if lo is None else lo
+        hi = high + 1 if hi is None else hi
+    step = max((hi - lo) // parts, 1)
+    points, value = [], lo + step
+    while value < hi and len(points) < parts - 1:
+        points.append((str(value),))
+        value += step
+    return points
 
 
 def sample_boundaries(conn, table, chunks, estimated_rows):

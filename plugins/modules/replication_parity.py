@@ -143,11 +143,11 @@ options:
   leaf_rows:
     description: Bisection stops at ranges of at most this many rows and compares them row by row.
     type: int
-    default: 512
+    default: 1000
   bisect_factor:
     description: Pieces a differing range is cut into at each bisection step.
     type: int
-    default: 8
+    default: 16
   max_differences:
     description: Stop after this many differing keys per replica (or per baseline comparison); results say C(truncated).
     type: int
@@ -406,8 +406,8 @@ def argument_spec():
         key_columns=dict(type="dict", default={}, no_log=False),
         on_missing_key=dict(type="str", default="fail", choices=["fail", "skip", "table_hash"]),
         chunk_size=dict(type="int", default=10000),
-        leaf_rows=dict(type="int", default=512),
-        bisect_factor=dict(type="int", default=8),
+        leaf_rows=dict(type="int", default=1000),
+        bisect_factor=dict(type="int", default=16),
         max_differences=dict(type="int", default=100),
         settle_timeout=dict(type="float", default=30),
         confirm_rounds=dict(type="int", default=3),

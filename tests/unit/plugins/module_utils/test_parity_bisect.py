@@ -67,8 +67,10 @@ def fake_server(monkeypatch):
     monkeypatch.setattr(rowhash, "row_hashes", row_hashes)
     monkeypatch.setattr(rowhash, "rows_by_key", rows_by_key)
     monkeypatch.setattr(rowhash, "split_points", split_points)
+    waits = []
     monkeypatch.setattr(parity, "primary_lsn", lambda conn: 1)
-    monkeypatch.setattr(parity, "wait_applied", lambda *args, **kwargs: 0.0)
+    monkeypatch.setattr(parity, "wait_applied", lambda *args, **kwargs: waits.append(args[3]) or 0.0)
+    return waits
 
 
 TABLE = Table("public", "t", [Column("id", "pg_catalog", "text", "text", True)], [Column("id", "pg_catalog", "text", "text", True)], "primary key", 0)
@@ -104,11 +106,31 @@ def test_finds_exact_missing_extra_and_different_keys(fake_server):
     assert pair.bisections < 60
 
 
-def test_identical_tables_need_no_row_reads(fake_server):
-    rows = dict((key(i), "v") for i in range(5000))
-    pair, p, r = make_pair(rows, dict(rows), leaf_rows=64)
-    differing, _state = pair.settle([rowhash.Range()], [(5000, "x")], [(5000, "x")])
-    assert differing == [] and p.reads == 0
+def read_all(conn):
+    return rowhash.row_hashes(conn, TABLE, TABLE.columns, rowhash.Range())
+
+
+def test_quiet_primary_is_read_at_once_with_the_replica(fake_server):
+    # Once the replica has applied the primary's position and the position does
+    # not move, reads need no further wait.
+    rows = dict((key(i), "v") for i in range(10))
+    pair, p, r = make_pair(rows, dict(rows), kind="physical")
+    for dummy in range(3):
+        assert pair.ordered(read_all) == (rows, rows)
+    pair.close()
+    assert fake_server == [1] and p.reads == r.reads == 3
+
+
+def test_moving_primary_falls_back_to_waiting_for_the_replica(fake_server, monkeypatch):
+    positions = iter(range(100, 200))
+    monkeypatch.setattr(parity, "primary_lsn", lambda conn: next(positions))
+    rows = dict((key(i), "v") for i in range(10))
+    pair, p, r = make_pair(rows, dict(rows), kind="logical")
+    for dummy in range(3):
+        pair.ordered(read_all)
+    pair.close()
+    # Every read waited for the position the primary had after its own read.
+    assert len(fake_server) == 3 and fake_server == sorted(fake_server)
 
 
 def test_max_differences_bounds_the_search(fake_server):
