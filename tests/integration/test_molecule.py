@@ -105,15 +105,15 @@ def test_molecule_sandbox_scenario():
             start_new_session=True,  # its own process group: see the timeout below
         )
         try:
-            output, _ = proc.communicate(timeout=TIMEOUT)
+            output, dummy = proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             # End molecule and the ansible-playbook it runs: the group we started.
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                output, _ = proc.communicate(timeout=30)
+                output, dummy = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-                output, _ = proc.communicate()
+                output, dummy = proc.communicate()
             pytest.fail(f"molecule test -s sandbox did not finish within {TIMEOUT}s; last output:\n{_tail(output)}")
         assert proc.returncode == 0, (
             f"molecule test -s sandbox failed (exit {proc.returncode}); last output:\n{_tail(output)}"
