@@ -27,7 +27,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo sandbox sandbox-down \
-        sandbox-status bench-parity build changelog clean distclean
+        sandbox-status bench-parity bench-lint build changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -77,6 +77,9 @@ sandbox-status: bootstrap ## show the sandbox's nodes
 
 bench-parity: bootstrap ## parity benchmark (make bench-parity ROWS=1000000)
 	$(if $(ROWS),ROWS=$(ROWS) )$(BIN)/python benchmarks/bench_parity.py
+
+bench-lint: bootstrap ## lint benchmark: static mode vs squawk on tests/data/migrations (make bench-lint REPEAT=50)
+	$(if $(REPEAT),REPEAT=$(REPEAT) )$(BIN)/python benchmarks/bench_lint.py
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .

@@ -1,0 +1,2 @@
+-- Auditing moves to the event stream in v2.
+DROP TABLE audit_log;

@@ -1,0 +1,1 @@
+DELETE FROM customers WHERE email LIKE 'partner%@example.org' AND NOT active;

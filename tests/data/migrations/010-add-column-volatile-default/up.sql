@@ -1,0 +1,2 @@
+SET lock_timeout = '3s';
+ALTER TABLE orders ADD COLUMN public_id uuid NOT NULL DEFAULT gen_random_uuid();

@@ -1,0 +1,2 @@
+SET lock_timeout = '3s';
+ALTER TABLE orders ALTER COLUMN external_ref TYPE integer USING external_ref::integer;

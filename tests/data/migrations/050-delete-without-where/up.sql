@@ -1,0 +1,2 @@
+-- Start the new audit format from scratch.
+DELETE FROM audit_log;

@@ -1,0 +1,1 @@
+UPDATE products SET price = 15.50 WHERE sku = 'SKU-0042';
