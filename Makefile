@@ -27,7 +27,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo sandbox sandbox-down \
-        sandbox-status bench-parity bench-lint build changelog clean distclean
+        sandbox-status bench-parity bench-lint bench-live build changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -80,6 +80,9 @@ bench-parity: bootstrap ## parity benchmark (make bench-parity ROWS=1000000)
 
 bench-lint: bootstrap ## lint benchmark: static mode vs squawk on tests/data/migrations (make bench-lint REPEAT=50)
 	$(if $(REPEAT),REPEAT=$(REPEAT) )$(BIN)/python benchmarks/bench_lint.py
+
+bench-live: bootstrap ## live-mode benchmark: scratch-database time vs table rows (make bench-live ROWS=200000)
+	$(if $(ROWS),ROWS=$(ROWS) )$(BIN)/python benchmarks/bench_live.py
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .

@@ -112,6 +112,9 @@ RULES = {
     "lock-table": ("blocking_lock", "error", "LOCK TABLE in a mode that blocks the old version's writes"),
     "vacuum-full-lock": ("blocking_lock", "error", "VACUUM FULL holds ACCESS EXCLUSIVE while it rewrites the table"),
     "cluster-lock": ("blocking_lock", "error", "CLUSTER holds ACCESS EXCLUSIVE while it rewrites the table"),
+    "backfill-unbatched": (
+        "blocking_lock", "error",
+        "UPDATE of every row of an existing table in one statement: row locks on all rows until it commits, and one huge transaction"),
     "missing-lock-timeout": (
         "blocking_lock", "warning", "ACCESS EXCLUSIVE requested without SET lock_timeout: queued behind long transactions, it blocks everyone"),
     # table_rewrite
@@ -1784,6 +1787,13 @@ class _Analyzer(object):
         rel = _rel(node.relation, schema)
         if node.whereClause is None and not self.is_new(rel):
             names = [t.name for t in node.targetList or () if getattr(t, "name", None)]
+            self.emit_sized(
+                "backfill-unbatched",
+                "UPDATE %s without WHERE changes every row in one transaction: it holds a row lock on each row until it "
+                "commits, so the old version's UPDATE and DELETE of any of them wait, and the replicas lag behind one huge "
+                "transaction; update in key-ordered batches (WHERE id >= $1 AND id < $2), each its own transaction" % _fmt(rel),
+                rel,
+            )
             if names and all((rel, n) in self.new_columns for n in names):
                 return  # a backfill of columns this file added: nothing existed to overwrite
             self.emit(

@@ -375,7 +375,9 @@ import json
 import time
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
     HAS_PSYCOPG2,
@@ -467,7 +469,7 @@ def progress_writer(module):
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
         argument_spec=argument_spec(),
         supports_check_mode=True,
         mutually_exclusive=[("baseline", "baseline_path")],

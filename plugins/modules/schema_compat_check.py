@@ -248,7 +248,9 @@ seconds:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import postgres_common_argument_spec
 
@@ -284,7 +286,7 @@ def argument_spec():
 
 
 def main():
-    module = AnsibleModule(
+    module = ansible_module(
         argument_spec=argument_spec(),
         supports_check_mode=True,
         mutually_exclusive=[

@@ -830,17 +830,20 @@ def test_whole_row_reference_uses_every_column():
 def test_data_loss_statements():
     assert rules_of(LOCK_TIMEOUT + "TRUNCATE logs;") == {"truncate": "error"}
     assert rules_of(LOCK_TIMEOUT + "DELETE FROM logs;") == {"delete-without-where": "error"}
-    assert rules_of(LOCK_TIMEOUT + "UPDATE users SET kind = 'user';") == {"update-without-where": "error"}
+    assert rules_of(LOCK_TIMEOUT + "UPDATE users SET kind = 'user';") == {"update-without-where": "error", "backfill-unbatched": "error"}
     assert rules_of(LOCK_TIMEOUT + "DROP TABLE logs;") == {"drop-table": "error", "drop-table-data": "error"}
     assert rules_of(LOCK_TIMEOUT + "DROP SCHEMA legacy CASCADE;") == {"drop-schema": "error", "drop-schema-cascade": "error"}
     assert categories_of(LOCK_TIMEOUT + "ALTER TABLE users DROP COLUMN bio;") == {"breaks_old_app", "data_loss"}
 
 
-def test_backfill_of_a_new_column_without_where_loses_nothing():
+def test_backfill_of_a_new_column_without_where_loses_nothing_but_blocks():
     sql = LOCK_TIMEOUT + "ALTER TABLE users ADD COLUMN email_lower text;\nUPDATE users SET email_lower = lower(email);"
-    assert findings(sql) == []
+    assert rules_of(sql) == {"backfill-unbatched": "error"}
+    assert rules_of(sql, table_rows={"public.users": 500}) == {"backfill-unbatched": "warning"}
     sql = LOCK_TIMEOUT + "ALTER TABLE users ADD COLUMN email_lower text;\nUPDATE users SET email_lower = lower(email), email = '';"
-    assert rules_of(sql) == {"update-without-where": "error"}
+    assert rules_of(sql) == {"update-without-where": "error", "backfill-unbatched": "error"}
+    batched = LOCK_TIMEOUT + "ALTER TABLE users ADD COLUMN email_lower text;\nUPDATE users SET email_lower = lower(email) WHERE id < 1000;"
+    assert findings(batched) == []
 
 
 def test_data_modifying_ctes_and_select_into():
@@ -852,7 +855,7 @@ def test_data_modifying_ctes_and_select_into():
     )
     result = findings(sql)
     assert [(f["rule"], f["statement_index"], f["table"]) for f in result] == [
-        ("delete-without-where", 1, "public.logs"), ("update-without-where", 2, "public.users")]
+        ("delete-without-where", 1, "public.logs"), ("backfill-unbatched", 2, "public.users"), ("update-without-where", 2, "public.users")]
     assert parse_sql(sql)[3].tables == ("public.users_copy",)
 
 

@@ -78,3 +78,13 @@ def test_fuzzed_arguments_never_traceback(capsys, option, value):
     assert result.get("failed") is True
     assert result["msg"] and "Traceback" not in result["msg"]
     assert "exception" not in result or "Traceback" not in result.get("msg", "")
+
+
+def test_list_for_an_int_option_names_the_option(capsys):
+    # ansible-core's int check reads a list as a Decimal tuple and can raise OverflowError.
+    params = {"login_host": "127.0.0.1", "login_port": 1, "replicas": REPLICA, "chunk_size": [2 ** 63, 0, 0]}
+    result = run_module(capsys, params)
+    assert result == {"failed": True, "msg": "chunk_size must be an int, got a list"}
+    params = {"login_host": "127.0.0.1", "replicas": [{"name": "s", "login_port": [2 ** 63, 0, 0]}]}
+    result = run_module(capsys, params)
+    assert result["failed"] is True and "replicas[0].login_port must be an int, got a list" in result["msg"]
