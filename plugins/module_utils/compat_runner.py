@@ -32,6 +32,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.postgres import 
     fetch_all,
     fetch_value,
     get_conn_params,
+    sql,
     CONNECTION_KEYS,
 )
 
@@ -125,8 +126,6 @@ def pg_stat_statements_queries(conn, limit=500):
         "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname = 'pg_stat_statements'",
     )
-    from ansible_collections.stateful.rollback.plugins.module_utils.postgres import sql  # pylint: disable=import-outside-toplevel
-
     rows = fetch_all(
         conn,
         sql.SQL(
