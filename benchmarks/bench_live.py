@@ -66,7 +66,7 @@ for _path in (BENCH_DIR, os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_R
 import sandbox  # noqa: E402  (scripts/sandbox.py)
 # Shared with the parity benchmark: rich-or-plain output, ROWS parsing (200k, 2M),
 # sandbox start retried while a port is briefly busy.
-from bench_parity import OUT, parse_rows, start_sandbox  # noqa: E402
+from bench_parity import OUT, parse_rows, start_sandbox, stop_sandbox  # noqa: E402
 
 DEFAULT_ROWS = 2_000_000
 ROWS_SMALL = 1000
@@ -482,14 +482,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             OUT.say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; "
                     f"dropped {SMALL_DB} and {LARGE_DB}, left the sandbox running")
         else:
-            try:
-                with OUT.status("tearing the sandbox down"):
-                    gone = sandbox.down(cfg)
-                if gone["removed"]:
-                    OUT.say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone['stopped']) or 'nothing running'}) and removed")
-            except sandbox.SandboxError as exc:
-                OUT.say(f"bench_live: could not tear the sandbox down: {exc}", style="bold red")
-                code = code or 2
+            failed = stop_sandbox(cfg, "bench_live")
+            code = code or failed
     if last:
         print(auto_line, flush=True)
         print(last, flush=True)

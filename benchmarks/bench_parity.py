@@ -598,17 +598,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif was_running:
             OUT.say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; left it running")
         else:
-            try:
-                with OUT.status("tearing the sandbox down"):
-                    gone = sandbox.down(cfg)
-                if gone["removed"]:
-                    OUT.say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone['stopped']) or 'nothing running'}) and removed")
-            except sandbox.SandboxError as exc:
-                OUT.say(f"bench_parity: could not tear the sandbox down: {exc}", style="bold red")
-                code = code or 2
+            failed = stop_sandbox(cfg, "bench_parity")
+            code = code or failed
     if summary:
         print(summary, flush=True)
     return code
+
+
+def stop_sandbox(cfg, prog: str) -> int:
+    """Tear the benchmark's sandbox down; 0 when done, 2 when it could not be."""
+    try:
+        with OUT.status("tearing the sandbox down"):
+            gone = sandbox.down(cfg)
+        if gone["removed"]:
+            OUT.say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone['stopped']) or 'nothing running'}) and removed")
+    except sandbox.SandboxError as exc:
+        OUT.say(f"{prog}: could not tear the sandbox down: {exc}", style="bold red")
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
