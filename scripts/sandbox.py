@@ -1298,7 +1298,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "down":
             result = down(config)
             if result["stopped"]:
-                print(f"stopped {', '.join(result['stopped'])}; removed {config.sandbox_dir}")
+                kept = sorted(os.listdir(config.sandbox_dir)) if os.path.isdir(config.sandbox_dir) else []
+                if kept:  # files the sandbox did not make (e.g. the demo's baseline) stay
+                    print(f"stopped {', '.join(result['stopped'])}; removed the node data in {config.sandbox_dir} "
+                          f"(left files that are not the sandbox's: {', '.join(kept)})")
+                else:
+                    print(f"stopped {', '.join(result['stopped'])}; removed {config.sandbox_dir}")
             elif result["removed"]:
                 print(f"no sandbox node was running; removed leftover data in {config.sandbox_dir}")
             else:
