@@ -97,43 +97,7 @@ def sts_body(name, replicas=1):
         "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": dict(PVC_SPEC)}]}}
 
 
-# -- fixtures -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    server = KubeSim(str(tmp_path_factory.mktemp("kubesim-data"))).start()
-    yield server
-    server.stop()
-    assert not server.controllers.errors, server.controllers.errors
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(sim, tmp_path_factory):
-    return sim.write_kubeconfig(str(tmp_path_factory.mktemp("kubesim-cfg") / "kubeconfig"))
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig):
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    with client.ApiClient(cfg) as api_client:
-        yield api_client
-
-
-@pytest.fixture(scope="module")
-def core(api):
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture(scope="module")
-def apps(api):
-    return client.AppsV1Api(api)
-
-
-@pytest.fixture(scope="module")
-def custom(api):
-    return client.CustomObjectsApi(api)
-
-
+# -- fixtures (sim, kubeconfig, api, core, apps, custom: tests/integration/conftest.py) ---
 @pytest.fixture(autouse=True)
 def no_faults_left(request):
     yield

@@ -14,15 +14,16 @@ import time
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
-from kubesim import KubeSim  # scripts/ is on sys.path (tests/conftest.py)
 
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 NS = "snaps"
+# Faster controller passes (the sim fixture of conftest.py reads this).
+KUBESIM_TICK = 0.05
 PVC_SPEC = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
 SNAP = ("snapshot.storage.k8s.io", "v1", "volumesnapshots")
 
@@ -36,37 +37,6 @@ def wait_until(func, timeout=15.0, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met within %.0f s (last value %r)" % (timeout, value))
         time.sleep(interval)
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    server = KubeSim(str(tmp_path_factory.mktemp("kubesim-data")), tick=0.05).start()
-    yield server
-    server.stop()
-    assert not server.controllers.errors, server.controllers.errors
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(sim, tmp_path_factory):
-    return sim.write_kubeconfig(str(tmp_path_factory.mktemp("kubesim-cfg") / "kubeconfig"))
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig):
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    with client.ApiClient(cfg) as api_client:
-        yield api_client
-
-
-@pytest.fixture(scope="module")
-def core(api):
-    return client.CoreV1Api(api)
-
-
-@pytest.fixture(scope="module")
-def custom(api):
-    return client.CustomObjectsApi(api)
 
 
 def bound(core, name):
