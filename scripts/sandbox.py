@@ -726,7 +726,11 @@ CREATE DATABASE {APP_DB} OWNER {APP_USER};
 """, dbname="postgres")
     q("CREATE EXTENSION IF NOT EXISTS pg_stat_statements;")
     q(SEED_SQL, superuser=False, single_transaction=True)
-    q(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES;")
+    # Only the application's schema is published: bookkeeping schemas such as
+    # stateful_rollback (migration journal, release ledger) stay on the primary
+    # and its physical standby.  Logical replication does not carry DDL, so a
+    # table the subscriber lacks would stop its apply worker.
+    q(f"CREATE PUBLICATION {PUBLICATION} FOR TABLES IN SCHEMA public;")
     _mark_provisioned(config, "primary")
 
 
