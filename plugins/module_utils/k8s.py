@@ -155,11 +155,37 @@ class Kube:
         return self._resources[key]
 
     def served(self, api_version, kind):
+        """True when the API serves ``kind`` in ``api_version`` right now.
+
+        The dynamic client may answer from a discovery cache file, so a kind it
+        knows is confirmed with a live read of the group-version's resource list.
+        """
         try:
             self.resource(api_version, kind)
-            return True
         except ResourceNotFoundError:
             return False
+        path = "/api/%s" % api_version if "/" not in api_version else "/apis/%s" % api_version
+        try:
+            doc = _to_dict(with_retries(self.client.request, "get", path))
+        except (ApiException, DynamicApiError) as exc:
+            if api_status(exc) == 404:
+                self._forget(api_version, kind)
+                return False
+            return True  # cannot tell (e.g. forbidden): let the real call report it
+        kinds = [r.get("kind") for r in (doc or {}).get("resources") or [] if isinstance(r, dict)]
+        if kinds and kind not in kinds:
+            self._forget(api_version, kind)
+            return False
+        return True
+
+    def _forget(self, api_version, kind):
+        self._resources.pop((api_version, kind), None)
+        invalidate = getattr(self.client, "invalidate_cache", None) or getattr(self.client.resources, "invalidate_cache", None)
+        if callable(invalidate):
+            try:
+                invalidate()
+            except Exception:  # pylint: disable=broad-except
+                pass
 
     def get(self, api_version, kind, name, namespace=None):
         res = self.resource(api_version, kind)

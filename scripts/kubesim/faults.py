@@ -20,6 +20,10 @@ Every knob is a plain dict (what ``GET /_kubesim/faults`` shows, and what
     Matching snapshots stay ``readyToUse: false`` (for ``seconds``, or forever).
 ``{"type": "pvc_pending", "name": "pattern", "seconds": null}``
     Matching PVCs are not provisioned (stay Pending, with an event).
+``{"type": "hide_group", "group": "snapshot.storage.k8s.io"}``
+    The API group is not served: discovery omits it and every request under
+    ``/apis/<group>`` answers 404, as on a cluster where its CRDs are not
+    installed. Objects already stored are kept and reappear when cleared.
 ``{"type": "restore_fail", "name": "pattern", "message": "No space left on device"}``
     Provisioning matching PVCs from a snapshot (or a clone) fails like a full
     disk: the PVC stays Pending with a ProvisioningFailed event, the partial
@@ -43,6 +47,7 @@ DEFAULTS = {
     "snapshot_not_ready": {"name": "*", "namespace": None, "seconds": None},
     "pvc_pending": {"name": "*", "namespace": None, "seconds": None},
     "restore_fail": {"name": "*", "namespace": None, "message": "No space left on device"},
+    "hide_group": {"group": "snapshot.storage.k8s.io"},
 }
 
 
@@ -108,7 +113,15 @@ class Faults:
     def restore_fail(self, name="*", message="No space left on device", namespace=None):
         return self.add({"type": "restore_fail", "name": name, "message": message, "namespace": namespace})
 
+    def hide_group(self, group="snapshot.storage.k8s.io"):
+        return self.add({"type": "hide_group", "group": group})
+
     # -- used by the server and the controllers --------------------------------------
+    def hidden_groups(self):
+        """API groups a hide_group knob takes out of service."""
+        with self._lock:
+            return {f["group"] for f in self._faults if f["type"] == "hide_group"}
+
     def take_request_fault(self, verb, method, path, discovery):
         """The api_error/api_timeout knob for this request (its count is consumed), or None."""
         with self._lock:

@@ -152,6 +152,10 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         reg = sim.registry
         segs = [unquote(s) for s in path.strip("/").split("/") if s]
+        hidden = sim.faults.hidden_groups()
+        not_found = ApiError(404, "the server could not find the requested resource", "NotFound", {})
+        if len(segs) >= 2 and segs[0] == "apis" and segs[1] in hidden:
+            raise not_found
         if method == "GET":
             if path == "/version":
                 return _Route("get", discovery=dict(VERSION))
@@ -160,7 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
             if segs == ["api"]:
                 return _Route("get", discovery=reg.api_versions("%s:%d" % sim.address))
             if segs == ["apis"]:
-                return _Route("get", discovery=reg.api_group_list())
+                groups = reg.api_group_list()
+                if hidden:
+                    groups = dict(groups, groups=[g for g in groups["groups"] if g["name"] not in hidden])
+                return _Route("get", discovery=groups)
             doc = None
             if len(segs) == 2 and segs[0] == "api":
                 doc = reg.api_resource_list("", segs[1])
@@ -170,7 +177,6 @@ class _Handler(BaseHTTPRequestHandler):
                 doc = reg.api_resource_list(segs[1], segs[2])
             if doc is not None:
                 return _Route("get", discovery=doc)
-        not_found = ApiError(404, "the server could not find the requested resource", "NotFound", {})
         if len(segs) >= 3 and segs[0] == "api":
             group, version, rest = "", segs[1], segs[2:]
         elif len(segs) >= 4 and segs[0] == "apis":

@@ -515,6 +515,22 @@ def test_fault_snapshot_error_and_not_ready(sim, core, custom, ns):
     wait_until(lambda: snapshot_status(custom, ns, "broken-1").get("readyToUse"))  # retried once the fault is gone
 
 
+def test_fault_hide_group(sim, custom, ns):
+    """Like a cluster without the snapshot CRDs: absent from discovery, 404 below /apis/<group>."""
+    make_snapshot(custom, ns, "kept", "data")
+    sim.faults.hide_group("snapshot.storage.k8s.io")
+    code, groups = http(sim, "GET", "/apis")
+    assert code == 200 and "snapshot.storage.k8s.io" not in [g["name"] for g in groups["groups"]]
+    assert "apps" in [g["name"] for g in groups["groups"]]
+    assert http(sim, "GET", "/apis/snapshot.storage.k8s.io/v1")[0] == 404
+    code, status = api_error(custom.list_namespaced_custom_object, "snapshot.storage.k8s.io", "v1", ns, "volumesnapshots")
+    assert code == 404 and status["reason"] == "NotFound"
+    sim.faults.clear()
+    names = [s["metadata"]["name"] for s in custom.list_namespaced_custom_object(
+        "snapshot.storage.k8s.io", "v1", ns, "volumesnapshots")["items"]]
+    assert "kept" in names
+
+
 def test_fault_pvc_pending(sim, core, ns):
     sim.faults.pvc_pending("stuck")
     core.create_namespaced_persistent_volume_claim(ns, pvc_body("stuck"))

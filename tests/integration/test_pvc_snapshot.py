@@ -228,3 +228,20 @@ def test_persistent_api_errors_fail_clearly(cluster, kubeconfig, tmp_path):
         cluster.faults.clear()
     assert results["info"]["failed"]
     assert results["info"]["msg"].startswith("cannot list VolumeSnapshot in snaps:"), results["info"]["msg"]
+
+
+def test_snapshot_crds_not_served(cluster, kubeconfig, custom, tmp_path):
+    """A cluster without the external-snapshotter CRDs: every state and the info module say how to install them."""
+    cluster.faults.hide_group("snapshot.storage.k8s.io")
+    try:
+        results, output = play(kubeconfig, tmp_path, [
+            ("present", snap_task(state="present", name="nocrd", pvcs=["data"])),
+            ("info", {"stateful.rollback.pvc_snapshot_info": {"namespace": NS}}),
+        ], name="nocrd")
+    finally:
+        cluster.faults.clear()
+    for key in ("present", "info"):
+        msg = results[key].get("msg", "")
+        assert results[key].get("failed"), (key, results[key])
+        assert "does not serve VolumeSnapshot" in msg and "external-snapshotter" in msg, (key, msg)
+    assert "nocrd" not in snapshot_names(custom)
