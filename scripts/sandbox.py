@@ -127,6 +127,7 @@ class Config:
     primary_port: int = DEFAULT_PORTS["primary"]
     standby_port: int = DEFAULT_PORTS["standby"]
     subscriber_port: int = DEFAULT_PORTS["subscriber"]
+    kube_port: int = 0  # the Kubernetes API emulator; 0 = any free port (it is in the kubeconfig)
     app_password: str = "app-secret"
     replication_password: str = "repl-secret"
     superuser_password: str = "postgres-secret"
@@ -139,6 +140,7 @@ class Config:
         "primary_port": "SANDBOX_PRIMARY_PORT",
         "standby_port": "SANDBOX_STANDBY_PORT",
         "subscriber_port": "SANDBOX_SUBSCRIBER_PORT",
+        "kube_port": "SANDBOX_KUBE_PORT",
         "app_password": "SANDBOX_APP_PASSWORD",
         "replication_password": "SANDBOX_REPLICATION_PASSWORD",
         "superuser_password": "SANDBOX_SUPERUSER_PASSWORD",
@@ -161,8 +163,9 @@ class Config:
                     value = int(raw)
                 except ValueError:
                     raise SandboxError(f"{var}={raw!r} is not a port number") from None
-                if not 1024 <= value <= 65535:
-                    raise SandboxError(f"{var}={value} must be between 1024 and 65535")
+                if not 1024 <= value <= 65535 and not (field.name == "kube_port" and value == 0):
+                    raise SandboxError(f"{var}={value} must be between 1024 and 65535"
+                                       + (" (or 0 for any free port)" if field.name == "kube_port" else ""))
                 kwargs[field.name] = value
             elif field.name == "timeout":
                 try:
@@ -179,10 +182,10 @@ class Config:
 
     def validate(self) -> None:
         """Reject configurations that cannot work (duplicate ports, ...)."""
-        ports = [self.port(n) for n in NODES]
+        ports = [self.port(n) for n in NODES] + ([self.kube_port] if self.kube_port else [])
         if len(set(ports)) != len(ports):
             raise SandboxError(
-                "SANDBOX_PRIMARY_PORT, SANDBOX_STANDBY_PORT and SANDBOX_SUBSCRIBER_PORT "
+                "SANDBOX_PRIMARY_PORT, SANDBOX_STANDBY_PORT, SANDBOX_SUBSCRIBER_PORT and SANDBOX_KUBE_PORT "
                 f"must differ (got {ports})")
 
     def validate_socket_path(self) -> None:
@@ -235,6 +238,19 @@ class Config:
             return urllib.parse.quote(str(value), safe="")
 
         return f"postgresql://{q(p['user'])}:{q(p['password'])}@{p['host']}:{p['port']}/{q(p['dbname'])}"
+
+
+def _kube():
+    """The Kubernetes side (scripts/sandbox_kube.py), imported on first use."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    # Run as a script, this module is __main__: let sandbox_kube's `import sandbox`
+    # get this very module (one SandboxError class, one configuration).
+    sys.modules.setdefault("sandbox", sys.modules[__name__])
+    import sandbox_kube  # pylint: disable=import-outside-toplevel
+
+    return sandbox_kube
 
 
 def _check_node(node: str) -> None:
@@ -595,9 +611,15 @@ def _wipe_node(config: Config, node: str, bindir: Optional[str] = None) -> None:
         shutil.rmtree(path)
 
 
-def _initdb(config: Config, node: str, bindir: str) -> None:
-    """initdb a fresh cluster for ``node`` with the superuser password set."""
+def _initdb(config: Config, node: str, bindir: str, volume: Optional[str] = None) -> None:
+    """initdb a fresh cluster for ``node`` with the superuser password set.
+
+    With ``volume`` (the primary's PVC volume), the data directory is created
+    there and ``<node dir>/data`` becomes a symlink to it.
+    """
     _new_node_dir(config, node)
+    if volume:
+        _kube().prepare_primary_data_dir(config, volume)
     pwfile = os.path.join(config.node_dir(node), "pwfile")
     _write_file(pwfile, config.superuser_password + "\n")
     try:
@@ -707,9 +729,9 @@ ANALYZE orders;
 """
 
 
-def _provision_primary(config: Config, bindir: str) -> None:
-    log("building primary")
-    _initdb(config, "primary", bindir)
+def _provision_primary(config: Config, bindir: str, volume: Optional[str] = None) -> None:
+    log("building primary" + (f" on the volume of PVC {_kube().NAMESPACE}/{_kube().PVC}" if volume else ""))
+    _initdb(config, "primary", bindir, volume)
     _start_node(config, "primary", bindir)
 
     def q(sql, **kw):
@@ -1042,22 +1064,36 @@ def _remove_if_unused(config: Config) -> None:
 
 
 def _up_locked(config: Config, bindir: str) -> dict:
+    kube = _kube()
+    changed: List[str] = []
     with _Lock(config, config.timeout):
         # Refuse early, before changing anything, if the sandbox uses other ports.
         _check_ports_match(config)
         _mkdir(config.socket_dir, 0o700)
-        changed: List[str] = []
-
         if not _is_provisioned(config, "primary"):
             for node in ("subscriber", "standby", "primary"):  # everything derives from the primary
                 _wipe_node(config, node, bindir)
             for node in NODES:  # fail before building anything if a port is taken
                 _ensure_port_free(config, node)
-            _provision_primary(config, bindir)
+        if kube.start_daemon(config):
+            changed.append("started kubesim")
+        if not _is_provisioned(config, "primary"):
+            _provision_primary(config, bindir, kube.ensure_db_volume(config))
             changed.append("built primary")
-        elif _ensure_running(config, "primary", bindir):
-            changed.append("started primary")
+        primary_was_running = bool(_postmaster_info(config, "primary"))
+        actions = kube.ensure_statefulset(config)
+        if not actions and not primary_was_running:
+            # The StatefulSet already runs a replica, but the server is down
+            # (stopped outside Kubernetes): start it where its PVC points.
+            _ensure_running(config, "primary", bindir)
+        changed += actions
+    # The StatefulSet's scale hook (in the kubesim process, taking the lock)
+    # starts the primary on the PVC's volume; wait for it outside the lock.
+    kube.wait_db_ready(config)
+    if not primary_was_running and "built primary" not in changed:
+        changed.append("started primary")
 
+    with _Lock(config, config.timeout):
         if not _is_provisioned(config, "standby"):
             _wipe_node(config, "standby", bindir)
             _provision_standby(config, bindir)
@@ -1100,6 +1136,7 @@ def _write_state(config: Config, bindir: str, st: dict) -> None:
             }
             for node in NODES
         },
+        "kube": st.get("kube"),
     }
     _write_file(config.state_file, json.dumps(state, indent=2) + "\n", 0o644)
 
@@ -1110,14 +1147,19 @@ def down(config: Optional[Config] = None) -> dict:
     Returns ``{"stopped": [...], "removed": bool}``.
     """
     config = config or Config.from_env()
+    kube = _kube()
     present = [n for n in NODES if os.path.isdir(config.node_dir(n))]
-    leftovers = [p for p in (config.socket_dir, config.state_file) if os.path.exists(p)]
+    leftovers = [p for p in (config.socket_dir, config.state_file, kube.kube_dir(config), kube.kubeconfig_path(config))
+                 if os.path.lexists(p)]
     if not present and not leftovers:
         _rmdir_if_empty(config.sandbox_dir, also_lock=True)
         return {"stopped": [], "removed": False}
     bindir = find_bindir(config)
     stopped: List[str] = []
     with _Lock(config, config.timeout):
+        # First the emulator, so that no scale hook starts a server while we stop them.
+        if kube.stop_daemon(config):
+            stopped.append("kubesim")
         running = {n for n in NODES if _postmaster_info(config, n)}
         if "subscriber" in running:
             try:
@@ -1133,6 +1175,13 @@ def down(config: Optional[Config] = None) -> dict:
             shutil.rmtree(config.socket_dir)
         if os.path.exists(config.state_file):
             os.unlink(config.state_file)
+        kdir = kube.kube_dir(config)
+        if os.path.isdir(kdir):
+            if not os.path.exists(os.path.join(kdir, NODE_MARKER)):
+                raise SandboxConflict(f"{kdir} exists but was not created by the sandbox; refusing to delete it")
+            shutil.rmtree(kdir)
+        if os.path.lexists(kube.kubeconfig_path(config)):
+            os.unlink(kube.kubeconfig_path(config))
     _rmdir_if_empty(config.sandbox_dir, also_lock=True)
     return {"stopped": stopped, "removed": True}
 
@@ -1197,10 +1246,12 @@ def status(config: Optional[Config] = None) -> dict:
             except SandboxError as exc:
                 entry["replication"] = f"unknown ({str(exc).splitlines()[0]})"
         nodes[node] = entry
+    kube = _kube().status(config)
     return {
         "sandbox_dir": config.sandbox_dir,
-        "all_running": all(n["running"] for n in nodes.values()),
+        "all_running": all(n["running"] for n in nodes.values()) and kube["running"],
         "nodes": nodes,
+        "kube": kube,
     }
 
 
@@ -1237,6 +1288,12 @@ def env(config: Optional[Config] = None) -> Dict[str, str]:
         out[f"{prefix}_DB"] = str(p["dbname"])
     out["SANDBOX_SUPERUSER"] = SUPERUSER
     out["SANDBOX_SUPERUSER_PASSWORD"] = config.superuser_password
+    kube = _kube()
+    out["KUBECONFIG"] = kube.kubeconfig_path(config)
+    out["K8S_AUTH_KUBECONFIG"] = kube.kubeconfig_path(config)
+    out["SANDBOX_KUBE_NAMESPACE"] = kube.NAMESPACE
+    out["SANDBOX_DB_STATEFULSET"] = kube.STATEFULSET
+    out["SANDBOX_DB_PVC"] = kube.PVC
     return out
 
 
@@ -1252,6 +1309,12 @@ def _print_status(st: dict) -> None:
     for node, n in st["nodes"].items():
         print(fmt.format(node, "running" if n["running"] else "stopped", n["port"], n["pid"] or "-",
                          n["role"], n["replication"]))
+    kube = st.get("kube") or {}
+    if kube:
+        detail = (f"{kube['url']}; StatefulSet {kube['namespace']}/{kube['statefulset']} "
+                  f"{kube.get('ready_replicas') or 0}/{kube.get('replicas')} ready; PVC {kube['pvc']} -> {kube.get('volume') or '-'}"
+                  if kube["running"] else "-")
+        print(fmt.format("kubesim", "running" if kube["running"] else "stopped", "-", kube["pid"] or "-", "k8s api", detail))
 
 
 def _cmd_psql(argv: Sequence[str]) -> int:
@@ -1278,6 +1341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] == "psql":
             return _cmd_psql(argv[1:])
+        if argv and argv[0] == _kube().SERVE_COMMAND:  # internal: the kubesim daemon started by `up`
+            return _kube().serve(Config.from_env())
         parser = argparse.ArgumentParser(prog="sandbox", description=__doc__.split("\n\n", maxsplit=1)[0])
         sub = parser.add_subparsers(dest="command", required=True)
         sub.add_parser("up", help="create/start primary, standby and subscriber (idempotent)")
@@ -1287,8 +1352,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p_env = sub.add_parser("env", help="print shell exports (eval \"$(scripts/sandbox env)\")")
         p_env.add_argument("--json", action="store_true", help="print a JSON object instead")
         sub.add_parser("psql", help="psql [--superuser] NODE [psql args...]: run psql on a node")
+        sub.add_parser("resync", help="rebuild the standby and the subscriber from the primary (after a restore)")
         args = parser.parse_args(argv)
         config = Config.from_env()
+        if args.command == "resync":
+            with _Lock(config, config.timeout):
+                if not _postmaster_info(config, "primary"):
+                    raise SandboxError("the primary is not running; run `scripts/sandbox up` first")
+                _kube().resync_replicas(config)
+            print("standby and subscriber rebuilt from the primary")
+            _print_status(status(config))
+            return 0
 
         if args.command == "up":
             result = up(config)

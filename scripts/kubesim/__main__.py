@@ -1,6 +1,6 @@
 """Run kubesim until SIGINT/SIGTERM.
 
-    python scripts/kubesim --port 0 --data-dir DIR --kubeconfig PATH [--token T] [--verbose]
+    python scripts/kubesim --port 0 --data-dir DIR --kubeconfig PATH [--token T] [--persist] [--verbose]
 
 Prints ``kubesim listening on http://127.0.0.1:PORT`` once it serves.
 """
@@ -27,9 +27,11 @@ def main(argv=None):
     parser.add_argument("--token", help="require this bearer token (full access) and put it in the kubeconfig")
     parser.add_argument("--tick", type=float, default=0.1, help="controller interval in seconds (default 0.1)")
     parser.add_argument("--verbose", action="store_true", help="log requests and controller errors to stderr")
+    parser.add_argument("--persist", action="store_true",
+                        help="keep objects in DATA_DIR/store.json across restarts (saved every 0.2 s and on exit)")
     args = parser.parse_args(argv)
 
-    sim = KubeSim(args.data_dir, host=args.host, port=args.port, tick=args.tick, verbose=args.verbose)
+    sim = KubeSim(args.data_dir, host=args.host, port=args.port, tick=args.tick, verbose=args.verbose, persist=args.persist)
     if args.token:
         sim.add_token(args.token)
     sim.start()

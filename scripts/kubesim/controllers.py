@@ -17,6 +17,7 @@ File copies and scale hooks run in worker threads, never under the store lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -151,6 +152,7 @@ class Controllers:
         self._pod_signatures = {}
         self._workloads_state = {}
         self._hooks = {}
+        self._snapshot_hooks = {}
         self._hook_ids = itertools.count(1)
         self._workers = []
         self._stop = threading.Event()
@@ -605,7 +607,8 @@ class Controllers:
         target = os.path.join(self.sim.snapshots_dir, content_name)
         if not os.path.isdir(target):
             try:
-                copy_tree(source_dir, target)
+                with self._snapshot_guard(meta["namespace"], snap["spec"]["source"]["persistentVolumeClaimName"], source_dir):
+                    copy_tree(source_dir, target)
             except OSError as exc:
                 self._snapshot_error(snap, "Failed to create snapshot: %s" % (exc.strerror or exc))
                 self._backoff(("vs", meta["uid"]))
@@ -689,6 +692,41 @@ class Controllers:
             obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or []
                                              if f != SNAPSHOT_BOUND_FINALIZER]
         self.store.mutate(self.r_vs, meta["namespace"], meta["name"], release)
+
+    # -- snapshot hooks --------------------------------------------------------------------
+    def on_snapshot(self, namespace, claim, callback):
+        """Wrap the copy of matching PVCs' volumes in ``callback(namespace, claim, path)``.
+
+        The callback returns a context manager entered before the volume
+        directory is copied and exited right after (also on failure): the place
+        to quiesce a process writing to it, so that the copy is the point-in-time
+        image a real CSI snapshot is. ``namespace`` and ``claim`` are fnmatch
+        patterns. If entering it raises, the snapshot reports the error and is
+        retried after a back-off. Returns an id for :meth:`remove_snapshot_hook`.
+        """
+        hook_id = next(self._hook_ids)
+        with self._lock:
+            self._snapshot_hooks[hook_id] = (namespace, claim, callback)
+        return hook_id
+
+    def remove_snapshot_hook(self, hook_id):
+        with self._lock:
+            self._snapshot_hooks.pop(hook_id, None)
+
+    @contextlib.contextmanager
+    def _snapshot_guard(self, namespace, claim, path):
+        with self._lock:
+            hooks = [cb for ns, name, cb in self._snapshot_hooks.values()
+                     if fnmatch.fnmatchcase(namespace, ns) and fnmatch.fnmatchcase(claim or "", name)]
+        with contextlib.ExitStack() as stack:
+            for callback in hooks:
+                try:
+                    stack.enter_context(callback(namespace, claim, path))
+                except OSError:
+                    raise
+                except Exception as exc:
+                    raise OSError(errno.EIO, "snapshot hook failed: %s: %s" % (type(exc).__name__, exc))
+            yield
 
     # -- scale hooks -----------------------------------------------------------------------
     def on_scale(self, kind, namespace, name, callback):

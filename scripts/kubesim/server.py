@@ -429,8 +429,13 @@ class KubeSim:
     >>> sim.stop()
     """
 
-    def __init__(self, data_dir, host="127.0.0.1", port=0, tick=0.1, verbose=False, volume_mode=0o777, volume_owner=None):
+    def __init__(self, data_dir, host="127.0.0.1", port=0, tick=0.1, verbose=False, volume_mode=0o777, volume_owner=None,
+                 persist=False):
         self.data_dir = os.path.abspath(data_dir)
+        # persist=True: objects survive a restart in <data_dir>/store.json (the role etcd plays).
+        self.state_file = os.path.join(self.data_dir, "store.json") if persist else None
+        self._saved_rv = None
+        self._saver = None
         self.volumes_dir = os.path.join(self.data_dir, "volumes")
         self.snapshots_dir = os.path.join(self.data_dir, "snapshots")
         self.host = host
@@ -454,6 +459,7 @@ class KubeSim:
     def start(self):
         os.makedirs(self.volumes_dir, exist_ok=True)
         os.makedirs(self.snapshots_dir, exist_ok=True)
+        self._load()
         self._bootstrap()
         self._server = _Server((self.host, self.port), _Handler)
         self._server.sim = self
@@ -462,7 +468,48 @@ class KubeSim:
                                         name="kubesim-http", daemon=True)
         self._thread.start()
         self.controllers.start()
+        if self.state_file:
+            self._saver = threading.Thread(target=self._save_loop, name="kubesim-persist", daemon=True)
+            self._saver.start()
         return self
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _load(self):
+        if not self.state_file or not os.path.exists(self.state_file):
+            return
+        with open(self.state_file, encoding="utf-8") as handle:
+            image = json.load(handle)
+        self.store.load(image)
+        # No process survived with the emulator: workloads are not ready until
+        # their controllers (and scale hooks) have brought the replicas back.
+        for plural in ("statefulsets", "deployments"):
+            res = self.registry.find("apps", "v1", plural)
+            for obj in self.store.data[res.key].values():
+                status = obj.get("status") or {}
+                for key in ("readyReplicas", "availableReplicas", "currentReplicas", "updatedReplicas"):
+                    status.pop(key, None)
+        self._saved_rv = None
+
+    def save(self):
+        """Write the store to ``store.json`` now (atomically); a no-op without ``persist``."""
+        if not self.state_file:
+            return
+        image = self.store.dump()
+        if image["resourceVersion"] == self._saved_rv:
+            return
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(image, handle, separators=(",", ":"))
+        os.replace(tmp, self.state_file)
+        self._saved_rv = image["resourceVersion"]
+
+    def _save_loop(self):
+        while not self.stopping.wait(0.2):
+            try:
+                self.save()
+            except (OSError, ValueError) as exc:
+                if self.verbose:
+                    print("kubesim: cannot save %s: %s" % (self.state_file, exc), file=sys.stderr)
 
     def stop(self):
         self.stopping.set()
@@ -475,6 +522,10 @@ class KubeSim:
             self._server = None
         if self._thread is not None:
             self._thread.join(5)
+        if self._saver is not None:
+            self._saver.join(5)
+            self._saver = None
+        self.save()
 
     def __enter__(self):
         return self.start()
@@ -580,6 +631,13 @@ class KubeSim:
         return True
 
     # -- hooks and helpers ---------------------------------------------------------------------
+    def on_snapshot(self, namespace, claim, callback):
+        """See :meth:`kubesim.controllers.Controllers.on_snapshot`."""
+        return self.controllers.on_snapshot(namespace, claim, callback)
+
+    def remove_snapshot_hook(self, hook_id):
+        self.controllers.remove_snapshot_hook(hook_id)
+
     def on_scale(self, kind, namespace, name, callback):
         """See :meth:`kubesim.controllers.Controllers.on_scale`."""
         return self.controllers.on_scale(kind, namespace, name, callback)

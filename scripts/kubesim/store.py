@@ -102,6 +102,27 @@ class Store:
         if not isinstance(body.get("metadata", {}), dict):
             raise ApiError(400, "metadata must be an object")
 
+    # -- persistence -------------------------------------------------------------------
+    def dump(self):
+        """JSON-able image of every object and the resourceVersion counter (no watch history)."""
+        with self.lock:
+            return {"resourceVersion": self.rv,
+                    "objects": {key: [obj for dummy, obj in sorted(objs.items())] for key, objs in self.data.items() if objs}}
+
+    def load(self, image):
+        """Replace the contents with a :meth:`dump` image (resources unknown to the registry are dropped)."""
+        with self.lock:
+            for key in self.data:
+                self.data[key] = {}
+            for key, objs in (image.get("objects") or {}).items():
+                if key not in self.data:
+                    continue
+                for obj in objs:
+                    meta = obj.get("metadata") or {}
+                    self.data[key][(meta.get("namespace") or "", meta.get("name"))] = obj
+            self.rv = max(self.rv, int(image.get("resourceVersion") or 0))
+            self.history.clear()
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, res, ns, name):
         with self.lock:

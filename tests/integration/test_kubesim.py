@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import json
 import os
 import stat
@@ -464,6 +465,82 @@ def test_scale_hook_gates_readiness(sim, core, apps, ns):
         assert (calls[-1].old_replicas, calls[-1].new_replicas) == (1, 0)
     finally:
         sim.remove_scale_hook(hook_id)
+
+
+def test_snapshot_hook_wraps_the_copy(sim, core, custom, ns):
+    """on_snapshot: entered before the volume is copied, exited after; a failing hook fails the snapshot."""
+    core.create_namespaced_persistent_volume_claim(ns, pvc_body("hooked"))
+    wait_until(lambda: bound(core, ns, "hooked"))
+    path = sim.volume_path(ns, "hooked")
+    with open(os.path.join(path, "file"), "w") as handle:
+        handle.write("before")
+    seen = []
+
+    @contextlib.contextmanager
+    def hook(namespace, claim, volume):
+        seen.append(("enter", namespace, claim, volume))
+        with open(os.path.join(volume, "file"), "w") as handle:  # what the copy must see
+            handle.write("quiesced")
+        yield
+        seen.append(("exit", claim))
+        with open(os.path.join(volume, "file"), "w") as handle:
+            handle.write("after")
+
+    hook_id = sim.on_snapshot(ns, "hooked", hook)
+    try:
+        make_snapshot(custom, ns, "hooked-1", "hooked")
+        wait_until(lambda: snapshot_status(custom, ns, "hooked-1").get("readyToUse"))
+        assert seen == [("enter", ns, "hooked", path), ("exit", "hooked")]
+        with open(os.path.join(sim.snapshot_path(ns, "hooked-1"), "file")) as handle:
+            assert handle.read() == "quiesced"
+    finally:
+        sim.remove_snapshot_hook(hook_id)
+
+    @contextlib.contextmanager
+    def broken(namespace, claim, volume):
+        raise RuntimeError("cannot freeze the database")
+        yield  # pylint: disable=unreachable
+
+    hook_id = sim.on_snapshot(ns, "hooked", broken)
+    try:
+        make_snapshot(custom, ns, "hooked-2", "hooked")
+        status = wait_until(lambda: snapshot_status(custom, ns, "hooked-2").get("error"))
+        assert "cannot freeze the database" in status["message"]
+    finally:
+        sim.remove_snapshot_hook(hook_id)
+    wait_until(lambda: snapshot_status(custom, ns, "hooked-2").get("readyToUse"))  # retried without the hook
+
+
+def test_persistence_across_restarts(tmp_path):
+    """persist=True: objects and resourceVersions survive a restart; workloads are not ready until reconciled."""
+    data = str(tmp_path / "data")
+    with KubeSim(data, persist=True, tick=0.05) as first:
+        cfg = first.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        api_client = config.new_client_from_config(config_file=cfg)
+        core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+        core.create_namespace({"metadata": {"name": "keep"}})
+        core.create_namespaced_config_map("keep", {"metadata": {"name": "c"}, "data": {"k": "v"}})
+        core.create_namespaced_persistent_volume_claim("keep", pvc_body("data"))
+        wait_until(lambda: bound(core, "keep", "data"))
+        apps.create_namespaced_stateful_set("keep", sts_body("db"))
+        wait_until(lambda: apps.read_namespaced_stateful_set("db", "keep").status.ready_replicas == 1)
+        rv = core.read_namespaced_config_map("c", "keep").metadata.resource_version
+        volume = first.volume_path("keep", "data")
+    assert os.path.exists(os.path.join(data, "store.json"))
+    calls = []
+    second = KubeSim(data, persist=True, tick=0.05)
+    second.on_scale("StatefulSet", "keep", "db", calls.append)
+    with second:
+        cfg = second.write_kubeconfig(str(tmp_path / "kubeconfig"))
+        api_client = config.new_client_from_config(config_file=cfg)
+        core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+        again = core.read_namespaced_config_map("c", "keep")
+        assert again.data == {"k": "v"} and again.metadata.resource_version == rv
+        assert second.volume_path("keep", "data") == volume
+        wait_until(lambda: apps.read_namespaced_stateful_set("db", "keep").status.ready_replicas == 1)
+        assert [(c.old_replicas, c.new_replicas) for c in calls] == [(0, 1)]  # the hook brought the replica back
+        core.patch_namespaced_config_map("c", "keep", {"data": {"k": "w"}})
+        assert int(core.read_namespaced_config_map("c", "keep").metadata.resource_version) > int(rv)
 
 
 # -- faults --------------------------------------------------------------------------------------
