@@ -386,6 +386,7 @@ def on_db_scale(config: "sb.Config", event) -> None:
     target = os.path.join(volume, PGDATA)
     if not os.path.isfile(os.path.join(target, "PG_VERSION")):
         raise RuntimeError(f"the volume of PVC {PVC} ({volume}) holds no PostgreSQL data directory ({PGDATA}/PG_VERSION)")
+
     def running_here():
         same = os.path.realpath(config.data_dir("primary")) == os.path.realpath(target)
         return same and sb._postmaster_info(config, "primary") and event.reason != "rollout"

@@ -115,9 +115,37 @@ class Sandbox:
     def status(self) -> dict:
         return sandbox_lib.status(self.config)
 
+    def env(self) -> Dict[str, str]:
+        """What ``scripts/sandbox env`` exports for this sandbox (DSNs, ports, KUBECONFIG, ...)."""
+        return sandbox_lib.env(self.config)
+
     def up(self) -> dict:
         """Restart any node a test stopped (no-op when healthy)."""
         return sandbox_lib.up(self.config)
+
+
+@pytest.fixture(scope="module")
+def own_sandbox(request):
+    """A sandbox of the test module's own, for tests that rebuild or restore it.
+
+    The module sets ``OWN_SANDBOX_PORT_BASE`` (primary port; standby +1,
+    subscriber +2) and ``OWN_SANDBOX_NAME`` (directory under ``<repo>/.sandbox``).
+    """
+    base = int(getattr(request.module, "OWN_SANDBOX_PORT_BASE"))
+    name = getattr(request.module, "OWN_SANDBOX_NAME")
+    environ = {sandbox_lib.Config.ENV_VARS[f"{node}_port"]: str(base + offset) for offset, node in enumerate(sandbox_lib.NODES)}
+    environ["SANDBOX_DIR"] = os.path.join(sandbox_lib.DEFAULT_SANDBOX_DIR, name)
+    config = sandbox_lib.Config.from_env(environ)
+    try:
+        info = sandbox_lib.up(config)
+    except sandbox_lib.SandboxError as exc:
+        if not isinstance(exc, sandbox_lib.SandboxConflict):
+            sandbox_lib.down(config)
+        pytest.fail(f"cannot start the sandbox {name}: {exc}", pytrace=False)
+    try:
+        yield Sandbox(config, info)
+    finally:
+        sandbox_lib.down(config)
 
 
 @pytest.fixture(scope="session")

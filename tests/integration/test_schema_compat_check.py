@@ -81,7 +81,7 @@ def test_playbook_live_check_with_pg_stat_statements(sandbox, tmp_path):
         - hosts: localhost
           gather_facts: false
           module_defaults:
-            group/stateful.rollback.stateful_rollback:
+            group/stateful.rollback.postgres:
               login_host: {host}
               login_port: {port}
               login_user: {user}
