@@ -128,6 +128,7 @@ class Config:
     standby_port: int = DEFAULT_PORTS["standby"]
     subscriber_port: int = DEFAULT_PORTS["subscriber"]
     kube_port: int = 0  # the Kubernetes API emulator; 0 = any free port (it is in the kubeconfig)
+    app_port: int = 54380  # the demo application's first replica (Deployments' env PORT)
     app_password: str = "app-secret"
     replication_password: str = "repl-secret"
     superuser_password: str = "postgres-secret"
@@ -141,6 +142,7 @@ class Config:
         "standby_port": "SANDBOX_STANDBY_PORT",
         "subscriber_port": "SANDBOX_SUBSCRIBER_PORT",
         "kube_port": "SANDBOX_KUBE_PORT",
+        "app_port": "SANDBOX_APP_PORT",
         "app_password": "SANDBOX_APP_PASSWORD",
         "replication_password": "SANDBOX_REPLICATION_PASSWORD",
         "superuser_password": "SANDBOX_SUPERUSER_PASSWORD",
@@ -182,10 +184,10 @@ class Config:
 
     def validate(self) -> None:
         """Reject configurations that cannot work (duplicate ports, ...)."""
-        ports = [self.port(n) for n in NODES] + ([self.kube_port] if self.kube_port else [])
+        ports = [self.port(n) for n in NODES] + [self.app_port] + ([self.kube_port] if self.kube_port else [])
         if len(set(ports)) != len(ports):
             raise SandboxError(
-                "SANDBOX_PRIMARY_PORT, SANDBOX_STANDBY_PORT, SANDBOX_SUBSCRIBER_PORT and SANDBOX_KUBE_PORT "
+                "SANDBOX_PRIMARY_PORT, SANDBOX_STANDBY_PORT, SANDBOX_SUBSCRIBER_PORT, SANDBOX_APP_PORT and SANDBOX_KUBE_PORT "
                 f"must differ (got {ports})")
 
     def validate_socket_path(self) -> None:
@@ -1149,8 +1151,8 @@ def down(config: Optional[Config] = None) -> dict:
     config = config or Config.from_env()
     kube = _kube()
     present = [n for n in NODES if os.path.isdir(config.node_dir(n))]
-    leftovers = [p for p in (config.socket_dir, config.state_file, kube.kube_dir(config), kube.kubeconfig_path(config))
-                 if os.path.lexists(p)]
+    leftovers = [p for p in (config.socket_dir, config.state_file, kube.kube_dir(config), kube.kubeconfig_path(config),
+                             os.path.join(config.sandbox_dir, kube.APPS_SUBDIR)) if os.path.lexists(p)]
     if not present and not leftovers:
         _rmdir_if_empty(config.sandbox_dir, also_lock=True)
         return {"stopped": [], "removed": False}
@@ -1160,6 +1162,11 @@ def down(config: Optional[Config] = None) -> dict:
         # First the emulator, so that no scale hook starts a server while we stop them.
         if kube.stop_daemon(config):
             stopped.append("kubesim")
+        if kube.stop_apps(config):
+            stopped.append("demo app")
+        apps_dir = os.path.join(config.sandbox_dir, kube.APPS_SUBDIR)
+        if os.path.isdir(apps_dir):
+            shutil.rmtree(apps_dir)
         running = {n for n in NODES if _postmaster_info(config, n)}
         if "subscriber" in running:
             try:
@@ -1294,6 +1301,9 @@ def env(config: Optional[Config] = None) -> Dict[str, str]:
     out["SANDBOX_KUBE_NAMESPACE"] = kube.NAMESPACE
     out["SANDBOX_DB_STATEFULSET"] = kube.STATEFULSET
     out["SANDBOX_DB_PVC"] = kube.PVC
+    out["SANDBOX_APP_PORT"] = str(config.app_port)
+    out["SANDBOX_APP_URL"] = f"http://{config.host}:{config.app_port}"
+    out["SANDBOX_APP_IMAGES"] = json.dumps(kube.images(), sort_keys=True)
     return out
 
 
@@ -1353,8 +1363,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p_env.add_argument("--json", action="store_true", help="print a JSON object instead")
         sub.add_parser("psql", help="psql [--superuser] NODE [psql args...]: run psql on a node")
         sub.add_parser("resync", help="rebuild the standby and the subscriber from the primary (after a restore)")
+        sub.add_parser("images", help="list the demo app images the sandbox can run (pinned by digest)")
         args = parser.parse_args(argv)
         config = Config.from_env()
+        if args.command == "images":
+            for version, ref in _kube().images().items():
+                print(f"{version:<8} {ref}")
+            return 0
         if args.command == "resync":
             with _Lock(config, config.timeout):
                 if not _postmaster_info(config, "primary"):

@@ -32,6 +32,7 @@ Only the stdlib is used (the sandbox runs under a plain ``python3``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -57,6 +58,11 @@ LOG_FILE = "kubesim.log"
 VOLUME_RECORD = "volume"  # in the primary's node dir: the volume it last ran on
 STORAGE = "2Gi"
 SERVE_COMMAND = "kube-serve"
+APPS_SUBDIR = "apps"
+# The sandbox's "image registry": the demo application (scripts/demo_app.py) in
+# these versions, each addressed by a digest derived from its version.
+APP_REPOSITORY = "demo.local/shop"
+APP_VERSIONS = ("1.0.0", "1.1.0", "2.0.0", "2.1.0", "3.0.0")
 
 
 # --------------------------------------------------------------------------
@@ -314,7 +320,8 @@ def status(config: "sb.Config") -> dict:
     pid = daemon_pid(config)
     out = {"running": bool(pid), "pid": pid, "url": server_url(config) if pid else None,
            "kubeconfig": kubeconfig_path(config), "namespace": NAMESPACE, "statefulset": STATEFULSET, "pvc": PVC,
-           "replicas": None, "ready_replicas": None, "volume": None}
+           "replicas": None, "ready_replicas": None, "volume": None,
+           "apps": {os.path.basename(path)[:-4]: pid for path, pid in _app_pids(config).items()}}
     if pid:
         try:
             sts = statefulset(config) or {}
@@ -487,6 +494,151 @@ def freeze(namespace: str, claim: str, path: str):
 
 
 # --------------------------------------------------------------------------
+# the demo application: Deployments in namespace sandbox run scripts/demo_app.py
+# --------------------------------------------------------------------------
+
+
+def image_digest(version: str) -> str:
+    return "sha256:" + hashlib.sha256(f"stateful-rollback demo shop {version}".encode()).hexdigest()
+
+
+def image_ref(version: str) -> str:
+    """The pinned image reference of a demo app version, e.g. demo.local/shop:2.0.0@sha256:..."""
+    return f"{APP_REPOSITORY}:{version}@{image_digest(version)}"
+
+
+def images() -> Dict[str, str]:
+    return {version: image_ref(version) for version in APP_VERSIONS}
+
+
+def version_for(image: str) -> Optional[str]:
+    """The demo app version an image reference pins, or None (not in the sandbox's registry)."""
+    repo, sep, digest = (image or "").partition("@")
+    if not sep or repo.split(":", 1)[0] != APP_REPOSITORY:
+        return None
+    for version in APP_VERSIONS:
+        if image_digest(version) == digest:
+            return version
+    return None
+
+
+def _apps_dir(config: "sb.Config") -> str:
+    return os.path.join(config.sandbox_dir, APPS_SUBDIR)
+
+
+def _app_pids(config: "sb.Config", prefix: str = "") -> Dict[str, int]:
+    """{pid file: pid} of the demo app processes still alive (checked against their command line)."""
+    out = {}
+    directory = _apps_dir(config)
+    if not os.path.isdir(directory):
+        return out
+    for entry in sorted(os.listdir(directory)):
+        if not entry.endswith(".pid") or not entry.startswith(prefix):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                pid = int(handle.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            continue
+        if any(a.endswith(b"demo_app.py") for a in argv):
+            out[path] = pid
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return out
+
+
+def stop_apps(config: "sb.Config", prefix: str = "") -> List[int]:
+    """Stop the demo app processes whose pid file starts with ``prefix`` (all by default)."""
+    pids = _app_pids(config, prefix)
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for path, pid in pids.items():
+        while os.path.exists(f"/proc/{pid}") and _stopped(pid) is False and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if os.path.exists(f"/proc/{pid}") and not _stopped(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return list(pids.values())
+
+
+def _probe(url: str) -> tuple:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return None, str(exc)
+
+
+def on_app_scale(config: "sb.Config", event) -> None:
+    """kubesim scale hook of Deployments in namespace sandbox: run the image's demo app version per replica.
+
+    Recreate semantics: the old processes stop before the new ones start (they
+    share the port). A readinessProbe with ``httpGet.path`` is honoured: the
+    hook waits up to 15 s for HTTP 200 and fails like a failed probe otherwise,
+    so the rollout does not complete and ``wait: true`` times out.
+    """
+    prefix = f"{event.namespace}.{event.name}."
+    stop_apps(config, prefix)
+    if event.new_replicas == 0:
+        return
+    containers = (((event.obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    if not containers:
+        raise RuntimeError("the pod template has no container")
+    container = containers[0]
+    image = container.get("image") or ""
+    version = version_for(image)
+    if version is None:
+        raise RuntimeError(f'Failed to pull image "{image}": not found in the sandbox registry; '
+                           "`scripts/sandbox images` lists the images it has (pinned by digest)")
+    env = {e.get("name"): e.get("value") for e in container.get("env") or [] if isinstance(e, dict)}
+    try:
+        port = int(env.get("PORT") or 0)
+    except ValueError:
+        port = 0
+    if not port:
+        raise RuntimeError("container env PORT (the port the demo app listens on) is not set")
+    database_url = env.get("DATABASE_URL") or config.dsn("primary")
+    flags = env.get("FLAGS_CONFIGMAP")
+    flags_url = f"{server_url(config)}/api/v1/namespaces/{event.namespace}/configmaps/{flags}" if flags else None
+    psql = os.path.join(sb.find_bindir(config), "psql")
+    sb._mkdir(_apps_dir(config), 0o755)
+    probe_path = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+    for index in range(event.new_replicas):
+        argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_app.py"),
+                "--version", version, "--port", str(port + index), "--host", config.host,
+                "--database-url", database_url, "--psql", psql]
+        if flags_url:
+            argv += ["--flags-url", flags_url]
+        with open(os.path.join(_apps_dir(config), f"{prefix}{index}.log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        sb._write_file(os.path.join(_apps_dir(config), f"{prefix}{index}.pid"), f"{proc.pid}\n", 0o644)
+    for index in range(event.new_replicas):
+        url = f"http://{config.host}:{port + index}{probe_path or '/version'}"
+        deadline = time.monotonic() + 15
+        code, body = None, ""
+        while time.monotonic() < deadline:
+            code, body = _probe(url)
+            if code == 200 or (code is not None and not probe_path):
+                break
+            time.sleep(0.2)
+        if code != 200 and (probe_path or code is None):
+            stop_apps(config, prefix)
+            raise RuntimeError(f"Readiness probe failed: HTTP probe failed with statuscode: {code}: {body.strip()[:300]}")
+
+
+# --------------------------------------------------------------------------
 # the daemon (`sandbox.py kube-serve`, started by start_daemon)
 # --------------------------------------------------------------------------
 
@@ -501,6 +653,7 @@ def serve(config: "sb.Config") -> int:
     sim = KubeSim(kube_dir(config), host=config.host, port=config.kube_port, persist=True)
     sim.on_scale("StatefulSet", NAMESPACE, STATEFULSET, lambda event: on_db_scale(config, event))
     sim.on_snapshot(NAMESPACE, "*", freeze)
+    sim.on_scale("Deployment", NAMESPACE, "*", lambda event: on_app_scale(config, event))
     sim.start()
     sim.write_kubeconfig(kubeconfig_path(config), namespace=NAMESPACE, context="stateful-rollback-sandbox")
     print(f"kubesim listening on {sim.url}", flush=True)

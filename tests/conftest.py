@@ -44,6 +44,7 @@ def sandbox_test_config(environ: Optional[Dict[str, str]] = None) -> "sandbox_li
     base = int(environ.get("SANDBOX_TEST_PORT_BASE") or DEFAULT_TEST_PORT_BASE)
     for offset, node in enumerate(sandbox_lib.NODES):
         environ[sandbox_lib.Config.ENV_VARS[f"{node}_port"]] = str(base + offset)
+    environ["SANDBOX_APP_PORT"] = str(base + 5)
     test_dir = environ.get("SANDBOX_TEST_DIR") or environ.get("SANDBOX_DIR") or ""
     if not test_dir or os.path.abspath(test_dir) == os.path.abspath(sandbox_lib.DEFAULT_SANDBOX_DIR):
         test_dir = os.path.join(sandbox_lib.DEFAULT_SANDBOX_DIR, "pytest")
@@ -134,6 +135,7 @@ def own_sandbox(request):
     base = int(getattr(request.module, "OWN_SANDBOX_PORT_BASE"))
     name = getattr(request.module, "OWN_SANDBOX_NAME")
     environ = {sandbox_lib.Config.ENV_VARS[f"{node}_port"]: str(base + offset) for offset, node in enumerate(sandbox_lib.NODES)}
+    environ["SANDBOX_APP_PORT"] = str(base + 5)
     environ["SANDBOX_DIR"] = os.path.join(sandbox_lib.DEFAULT_SANDBOX_DIR, name)
     config = sandbox_lib.Config.from_env(environ)
     try:

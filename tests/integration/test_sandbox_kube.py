@@ -12,12 +12,15 @@ PostgreSQL servers, real files copied by the emulated CSI driver, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import psycopg2
 import pytest
@@ -178,3 +181,74 @@ def test_snapshot_change_restore_returns_the_old_rows(own_sandbox, tmp_path):
     assert results["parity"]["in_sync"] and results["parity"]["difference_count"] == 0, results["parity"]
     assert results["health"]["healthy"], results["health"]
     assert sb.sql("standby", "SELECT count(*) FROM orders") == [(5000,)]
+
+
+def test_deployments_run_the_demo_app(own_sandbox, apps):
+    """A Deployment in namespace sandbox runs scripts/demo_app.py for its image; health follows the schema and flags."""
+    sb = own_sandbox
+    env_vars = sb.env()
+    port = int(env_vars["SANDBOX_APP_PORT"])
+    url = f"http://127.0.0.1:{port}"
+    core = client.CoreV1Api(apps.api_client)
+
+    def container(image):
+        return {"name": "web", "image": image,
+                "env": [{"name": "PORT", "value": str(port)}, {"name": "DATABASE_URL", "value": env_vars["SANDBOX_PRIMARY_DSN"]},
+                        {"name": "FLAGS_CONFIGMAP", "value": "web-flags"}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}}}
+
+    def deployment(image):
+        return {"metadata": {"name": "web", "namespace": NS}, "spec": {
+            "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [container(image)]}}}}
+
+    def roll_to(image):  # kubesim merges lists whole (no strategic merge by key): send the full container
+        apps.patch_namespaced_deployment("web", NS, {"spec": {"template": {"spec": {"containers": [container(image)]}}}})
+
+    def ready():
+        status = apps.read_namespaced_deployment("web", NS).status  # what kubernetes.core.k8s wait: true checks
+        return status.replicas == status.updated_replicas == status.ready_replicas == 1
+
+    def wait(predicate, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.2)
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(url + path, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    images = json.loads(env_vars["SANDBOX_APP_IMAGES"])
+    try:
+        apps.create_namespaced_deployment(NS, deployment(images["1.0.0"]))
+        wait(ready)
+        assert get("/healthz") == (200, {"status": "ok", "version": "1.0.0", "flags": {}})
+        core.create_namespaced_config_map(NS, {"metadata": {"name": "web-flags"}, "data": {"fail_health": "true"}})
+        code, body = get("/healthz")
+        assert code == 503 and body["error"] == "feature flag fail_health is on"
+        core.delete_namespaced_config_map("web-flags", NS)
+
+        # Version 2 reads customers.full_name, which does not exist: the readiness probe fails, the rollout stalls.
+        roll_to(images["2.0.0"])
+        wait(lambda: [p for p in core.list_namespaced_pod(NS, label_selector="app=web").items
+                      if "Readiness probe failed" in str(p.status.container_statuses)])
+        assert not ready()
+        sb.sql("primary", "ALTER TABLE customers ADD COLUMN full_name text")
+        try:
+            wait(ready, timeout=90)  # retried by the controller: ready once the column exists
+            assert get("/healthz")[1]["version"] == "2.0.0"
+        finally:
+            sb.sql("primary", "ALTER TABLE customers DROP COLUMN full_name")
+
+        # An image that is not in the sandbox's registry never becomes ready.
+        roll_to("demo.local/shop@sha256:" + "0" * 64)
+        wait(lambda: [p for p in core.list_namespaced_pod(NS, label_selector="app=web").items
+                      if "not found in the sandbox registry" in str(p.status.container_statuses)])
+    finally:
+        with contextlib.suppress(client.ApiException):
+            apps.delete_namespaced_deployment("web", NS)
+    wait(lambda: not sb.status()["kube"]["apps"])  # the processes are stopped with the Deployment

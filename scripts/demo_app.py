@@ -1,0 +1,122 @@
+"""The demo application the sandbox runs for Deployments in namespace ``sandbox``.
+
+A tiny HTTP service (stdlib only) standing in for a real app image. The
+sandbox's Deployment scale hook (scripts/sandbox_kube.py) starts one process
+per replica with the image's version, its port and its database::
+
+    python3 scripts/demo_app.py --version 2.0.0 --port 54380 \\
+        --database-url postgresql://app:...@127.0.0.1:54320/app --psql /usr/lib/postgresql/15/bin/psql \\
+        [--flags-url http://127.0.0.1:PORT/api/v1/namespaces/sandbox/configmaps/web-flags]
+
+Endpoints:
+
+``/healthz``  200 when the queries this version runs work against the database
+              (1.x reads ``customers.name``; 2.x also ``customers.full_name``,
+              which release 2's migration adds), 503 with the error otherwise,
+              or when the feature flag ``fail_health`` is ``"true"``.
+``/version``  the version and the current feature flags.
+
+Feature flags are read from the ConfigMap at ``--flags-url`` on every request,
+like an app polling its flag service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+QUERIES = {
+    1: ["SELECT count(*) FROM customers", "SELECT email, name FROM customers ORDER BY id LIMIT 1"],
+    2: ["SELECT count(*) FROM customers", "SELECT email, name, full_name FROM customers ORDER BY id LIMIT 1"],
+}
+
+
+def major(version: str) -> int:
+    try:
+        return int(version.split(".", 1)[0])
+    except ValueError:
+        return 1
+
+
+class App:
+    def __init__(self, version, database_url, psql, flags_url=None):
+        self.version = version
+        self.database_url = database_url
+        self.psql = psql
+        self.flags_url = flags_url
+
+    def flags(self):
+        if not self.flags_url:
+            return {}
+        try:
+            with urllib.request.urlopen(self.flags_url, timeout=3) as resp:
+                return dict(json.loads(resp.read()).get("data") or {})
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return {}
+            raise
+
+    def health(self):
+        flags = self.flags()
+        if str(flags.get("fail_health", "")).lower() == "true":
+            return 503, {"status": "failing", "version": self.version, "error": "feature flag fail_health is on"}
+        queries = QUERIES.get(major(self.version), QUERIES[2])
+        proc = subprocess.run([self.psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.database_url,
+                               "-c", "; ".join(queries)], capture_output=True, text=True, timeout=10, check=False)
+        if proc.returncode != 0:
+            error = (proc.stderr or proc.stdout).strip().splitlines()
+            return 503, {"status": "failing", "version": self.version, "error": error[0] if error else "psql failed"}
+        return 200, {"status": "ok", "version": self.version, "flags": flags}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "stateful-rollback-demo"
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        pass
+
+    def do_GET(self):
+        app = self.server.app
+        try:
+            if self.path.rstrip("/") == "/healthz":
+                code, body = app.health()
+            elif self.path.rstrip("/") in ("", "/version"):
+                code, body = 200, {"version": app.version, "flags": app.flags()}
+            else:
+                code, body = 404, {"error": "not found"}
+        except Exception as exc:  # pylint: disable=broad-except
+            code, body = 500, {"status": "failing", "version": app.version, "error": "%s: %s" % (type(exc).__name__, exc)}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="the sandbox's demo application")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--psql", default="psql")
+    parser.add_argument("--flags-url")
+    args = parser.parse_args(argv)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.app = App(args.version, args.database_url, args.psql, args.flags_url)
+    print("demo app %s listening on http://%s:%d" % (args.version, args.host, args.port), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
