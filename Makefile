@@ -27,7 +27,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo sandbox sandbox-down \
-        sandbox-status bench-parity bench-lint bench-live build changelog clean distclean
+        sandbox-status bench-parity bench-lint bench-live bench-backfill build changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -83,6 +83,9 @@ bench-lint: bootstrap ## lint benchmark: static mode vs squawk on tests/data/mig
 
 bench-live: bootstrap ## live-mode benchmark: scratch-database time vs table rows (make bench-live ROWS=200000)
 	$(if $(ROWS),ROWS=$(ROWS) )$(BIN)/python benchmarks/bench_live.py
+
+bench-backfill: bootstrap ## backfill benchmark: batched backfill vs one UPDATE (make bench-backfill ROWS=200000 BATCH_SIZE=5000)
+	$(if $(ROWS),ROWS=$(ROWS) )$(if $(BATCH_SIZE),BATCH_SIZE=$(BATCH_SIZE) )$(BIN)/python benchmarks/bench_backfill.py
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .
