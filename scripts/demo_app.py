@@ -11,9 +11,10 @@ per replica with the image's version, its port and its database::
 Endpoints:
 
 ``/healthz``  200 when the queries this version runs work against the database
-              (1.x reads ``customers.name``; 2.x also ``customers.full_name``,
-              which release 2's migration adds), 503 with the error otherwise,
-              or when the feature flag ``fail_health`` is ``"true"``.
+              (see QUERIES: 1.x reads ``customers.name``, 2.0 also
+              ``customers.full_name``, 2.1 a table ``loyalty_points`` that no
+              release creates, 3.x no longer ``name``), 503 with the error
+              otherwise, or when the feature flag ``fail_health`` is ``"true"``.
 ``/version``  the version and the current feature flags.
 
 Feature flags are read from the ConfigMap at ``--flags-url`` on every request,
@@ -30,17 +31,30 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# What each version reads: its view of the schema. 2.0 needs the column release
+# 2.0.0's migration adds; 2.1 also reads a table no release creates (the bug a
+# drill rolls back); 3.x no longer reads the column release 3.0.0 drops.
 QUERIES = {
-    1: ["SELECT count(*) FROM customers", "SELECT email, name FROM customers ORDER BY id LIMIT 1"],
-    2: ["SELECT count(*) FROM customers", "SELECT email, name, full_name FROM customers ORDER BY id LIMIT 1"],
+    (1, 0): ["SELECT count(*) FROM customers", "SELECT email, name FROM customers ORDER BY id LIMIT 1"],
+    (1, 1): ["SELECT count(*) FROM customers", "SELECT email, name FROM customers ORDER BY id LIMIT 1",
+             "SELECT count(*) FROM orders"],
+    (2, 0): ["SELECT count(*) FROM customers", "SELECT email, name, full_name FROM customers ORDER BY id LIMIT 1"],
+    (2, 1): ["SELECT count(*) FROM customers", "SELECT email, name, full_name FROM customers ORDER BY id LIMIT 1",
+             "SELECT count(*) FROM loyalty_points"],
+    (3, 0): ["SELECT count(*) FROM customers", "SELECT email, full_name FROM customers ORDER BY id LIMIT 1"],
 }
 
 
-def major(version: str) -> int:
+def queries_for(version: str):
+    parts = (version.split(".") + ["0", "0"])[:2]
     try:
-        return int(version.split(".", 1)[0])
+        key = (int(parts[0]), int(parts[1]))
     except ValueError:
-        return 1
+        key = (1, 0)
+    if key in QUERIES:
+        return QUERIES[key]
+    same_major = sorted(k for k in QUERIES if k[0] == key[0])
+    return QUERIES[same_major[-1]] if same_major else QUERIES[max(QUERIES)]
 
 
 class App:
@@ -65,7 +79,7 @@ class App:
         flags = self.flags()
         if str(flags.get("fail_health", "")).lower() == "true":
             return 503, {"status": "failing", "version": self.version, "error": "feature flag fail_health is on"}
-        queries = QUERIES.get(major(self.version), QUERIES[2])
+        queries = queries_for(self.version)
         proc = subprocess.run([self.psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.database_url,
                                "-c", "; ".join(queries)], capture_output=True, text=True, timeout=10, check=False)
         if proc.returncode != 0:

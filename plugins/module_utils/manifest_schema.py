@@ -213,7 +213,12 @@ SCHEMA = {
                     "additionalProperties": False,
                     "required": ["url"],
                     "properties": {
-                        "url": {"type": "string", "pattern": "^https?://[^\\s]+$", "x-error": "'{value}' is not an http:// or https:// URL"},
+                        "url": {
+                            "type": "string", "pattern": "^(https?://[^\\s]+|/[^\\s]*)$",
+                            "description": "An http:// or https:// URL, or a path (/healthz) resolved against the app's base URL given at "
+                                           "deploy time (the verify role's stateful_rollback_verify_base_url).",
+                            "x-error": "'{value}' is not an http:// or https:// URL, nor a path starting with /",
+                        },
                         "status": {"type": "integer", "minimum": 100, "maximum": 599, "default": 200},
                         "timeout": {"type": "number", "exclusiveMinimum": 0},
                     },

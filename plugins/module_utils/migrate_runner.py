@@ -62,6 +62,7 @@ DEFAULTS = {
     "retry_max_delay": 30.0,
     "lag_wait_timeout": 600.0,
     "fail_on_irreversible": False,
+    "backfill": True,
 }
 # SQLSTATEs retried with backoff: lock_not_available (lock_timeout) and deadlock_detected.
 RETRYABLE = {"55P03": "lock_timeout", "40P01": "deadlock"}
@@ -233,6 +234,10 @@ class Runner(object):
         self.started = time.monotonic()
         self.lock_wait_seconds = 0.0
 
+    def has_backfill(self, migration):
+        """Whether this run counts and runs the migration's backfill (option backfill=false: schema steps only)."""
+        return migration.backfill is not None and self.params.get("backfill", True) is not False
+
     # -- connections -------------------------------------------------------------------
     def open(self):
         name = "stateful.rollback.migrate %s" % self.release.version
@@ -335,7 +340,7 @@ class Runner(object):
         return [self.status_entry(m, rows[m.id], estimate) for m in self.release.migrations]
 
     def status_entry(self, migration, rows, estimate=True):
-        summary = jr.summarize(rows, migration.backfill is not None)
+        summary = jr.summarize(rows, self.has_backfill(migration))
         entry = {
             "id": migration.id,
             "applied": summary["applied"],
@@ -354,7 +359,7 @@ class Runner(object):
                 "seconds": _seconds_between(step["started_at"], step["finished_at"]),
                 "executed_by": step["executed_by"], "error": step["error"], "note": step["note"],
             }
-        if migration.backfill is not None:
+        if self.has_backfill(migration):
             entry["backfill"] = self.backfill_status(migration, summary, estimate)
         return entry
 
@@ -772,7 +777,7 @@ class Runner(object):
                 raise MigrateError("target %r is not a migration of release %s (its migrations: %s)"
                                    % (target, self.release.version, ", ".join(ids) or "none"))
             migrations = migrations[:ids.index(target) + 1]
-        summaries = [(m, jr.summarize(rows[m.id], m.backfill is not None)) for m in self.release.migrations]
+        summaries = [(m, jr.summarize(rows[m.id], self.has_backfill(m))) for m in self.release.migrations]
         pending = None
         for migration, summary in summaries:
             if not summary["applied"] and pending is None:
@@ -781,7 +786,7 @@ class Runner(object):
                 raise MigrateError(
                     "migration %s is not applied but the later migration %s is: migrations run in manifest order; "
                     "add new migrations at the end of the list" % (pending.id, migration.id))
-        return [m for m in migrations if not jr.summarize(rows[m.id], m.backfill is not None)["applied"]]
+        return [m for m in migrations if not jr.summarize(rows[m.id], self.has_backfill(m))["applied"]]
 
     def select_down(self, rows):
         """(migrations to revert in reverse order, irreversible ones) of this release."""
@@ -801,7 +806,7 @@ class Runner(object):
             migrations = [m for m in migrations if m.id in only]
         scope = []
         for migration in reversed(migrations):
-            summary = jr.summarize(rows[migration.id], migration.backfill is not None)
+            summary = jr.summarize(rows[migration.id], self.has_backfill(migration))
             step = summary["schema_step"]
             if summary["has_effects"] and step is not None and step["release_version"] == self.release.version:
                 scope.append(migration)
@@ -962,13 +967,13 @@ def _plan(runner, state, rows, server_version, result):
     plan = []
     if state in ("applied", "resumed"):
         for migration in runner.select_up(rows):
-            summary = jr.summarize(rows[migration.id], migration.backfill is not None)
+            summary = jr.summarize(rows[migration.id], runner.has_backfill(migration))
             step = summary["schema_step"]
             if step is None or step["state"] != "done":
                 entry = plan_script(migration, "up", server_version).as_dict()
                 entry["resumes"] = step is not None
                 plan.append(entry)
-            if migration.backfill is not None:
+            if runner.has_backfill(migration):
                 bf.check_fragments(migration.backfill)
                 plan.append(runner.plan_backfill(migration, rows[migration.id]))
         return plan
@@ -993,10 +998,10 @@ def _apply(runner, rows, server_version, result):
     todo = runner.select_up(rows)
     plans = {}
     for migration in todo:
-        step = jr.summarize(rows[migration.id], migration.backfill is not None)["schema_step"]
+        step = jr.summarize(rows[migration.id], runner.has_backfill(migration))["schema_step"]
         if step is None or step["state"] != "done":
             plans[migration.id] = plan_script(migration, "up", server_version)
-        if migration.backfill is not None:
+        if runner.has_backfill(migration):
             bf.check_fragments(migration.backfill)
     for migration in todo:
         requested, by, at = runner.pause_flag()
@@ -1004,7 +1009,7 @@ def _apply(runner, rows, server_version, result):
             raise Paused("requested", "paused before migration %s (pause requested by %s at %s)" % (migration.id, by, at))
         if migration.id in plans:
             runner.run_schema_step(plans[migration.id], runner.journal_rows()[migration.id])
-        if migration.backfill is not None:
+        if runner.has_backfill(migration):
             current = runner.journal_rows()[migration.id]
             backfill_row = jr.summarize(current, True)["backfill_step"]
             if backfill_row is None or backfill_row["state"] != "done":

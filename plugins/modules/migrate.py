@@ -172,6 +172,15 @@ options:
       - With O(state=reverted), fail when an irreversible migration is in the way (RV(needs_restore) is true either way).
     type: bool
     default: false
+  backfill:
+    description:
+      - Run (and count) the migrations' backfills. V(false) applies the schema steps only, and a migration counts as
+        applied once its schema step is done.
+      - For logical subscribers. Logical replication does not carry DDL, so a subscriber must get a release's schema
+        changes itself (before the primary, for columns and tables the primary will write), while the backfilled rows
+        reach it through replication. Reverting works the same way, after the primary.
+    type: bool
+    default: true
   progress_log:
     description:
       - File to which progress events are appended as JSON lines (step starts and ends, retries, and per backfill batch
@@ -436,6 +445,7 @@ def argument_spec():
         retry_max_delay=dict(type="float", default=30),
         lag_wait_timeout=dict(type="float", default=600),
         fail_on_irreversible=dict(type="bool", default=False),
+        backfill=dict(type="bool", default=True),
         progress_log=dict(type="path"),
         executed_by=dict(type="str"),
     )

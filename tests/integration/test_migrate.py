@@ -706,3 +706,24 @@ def test_interrupted_non_transactional_step_continues_and_verify_detects_effects
     assert "verify returned true before re-running: the interrupted run had taken effect" in step["notes"]
     row = env.journal_rows()[0]
     assert row["state"] == "done" and row["note"] == "already effective (verify) after an interrupted run"
+
+
+def test_schema_only_run_for_a_logical_subscriber(env, tmp_path):
+    """backfill=false: the schema step runs and counts as applied; no row is touched, no backfill is journaled."""
+    schema = env.schema()
+    customers(env.sandbox, schema, 1500)
+    manifest = write_release(tmp_path, "2.0.0", [full_name_migration(schema)])
+    check = env.run(manifest, backfill=False, check_mode=True)
+    assert [(p["migration"], p.get("phase", "schema")) for p in check["plan"]] == [("001_add_full_name", "schema")]
+    result = env.run(manifest, backfill=False)
+    assert [(s["migration"], s["phase"]) for s in result["steps"]] == [("001_add_full_name", "schema")]
+    assert result["rows_processed"] == 0 and result["migrations"][0]["applied"] is True
+    assert "backfill" not in result["migrations"][0]
+    assert env.sandbox.sql("primary", "SELECT count(*) FROM %s.customers WHERE full_name IS NOT NULL OR touched <> 0"
+                           % schema)[0][0] == 0
+    assert env.run(manifest, backfill=False)["changed"] is False
+    # The same journal with backfills on: the schema step is done, the backfill is what remains.
+    full = env.run(manifest)
+    assert [(s["migration"], s["phase"]) for s in full["steps"]] == [("001_add_full_name", "backfill")]
+    reverted = env.run(manifest, state="reverted", backfill=False)
+    assert [s["migration"] for s in reverted["steps"]] == ["001_add_full_name"]

@@ -323,7 +323,7 @@ def test_other_field_errors_name_their_paths(base):
         "app.namespace: 'Demo' is not a DNS-1123 label (lower-case letters, digits and -, at most 63 characters)",
         "app.workloads[0].kind: must be one of Deployment, StatefulSet, got 'Job'",
         "feature_flags.a: expected a boolean or a string or an integer, got a number (1.5)",
-        "health_checks[0].http.url: 'ftp://x' is not an http:// or https:// URL",
+        "health_checks[0].http.url: 'ftp://x' is not an http:// or https:// URL, nor a path starting with /",
         "health_checks[0].sql: a health check has either http or sql, not both",
         "invariants[0]: an invariant is one of all, unique_keys, sequences, foreign_keys, row_counts or a mapping, got bogus",
         "migrations[0].backfill.max_replica_lag_bytes: must be at least 0, got -1",
