@@ -326,9 +326,22 @@ class Controllers:
             self.store.mutate(self.r_pvc, meta["namespace"], meta["name"], release)
 
     def _reclaim(self):
+        """PVs whose claim is gone: Released (Retain) or deleted with their directory (Delete).
+
+        As the real PV controller: the reclaim policy is read at reclaim time (so a
+        policy patched later is honoured on the next pass), and a PV without a
+        claimRef, or pre-bound to a claim by name only (claimRef without uid),
+        is Available.
+        """
         for pv in self.store.objects(self.r_pv):
             claim = (pv.get("spec") or {}).get("claimRef")
-            if not claim or (pv.get("status") or {}).get("phase") not in ("Bound", "Released"):
+            phase = (pv.get("status") or {}).get("phase")
+            if (not claim or not claim.get("uid")) and phase in ("Bound", "Released"):
+                def available(obj):
+                    obj.setdefault("status", {})["phase"] = "Available"
+                self.store.mutate(self.r_pv, "", pv["metadata"]["name"], available)
+                continue
+            if not claim or phase not in ("Bound", "Released"):
                 continue
             pvc = self.store.try_get(self.r_pvc, claim.get("namespace"), claim.get("name"))
             if pvc and pvc["metadata"]["uid"] == claim.get("uid"):
@@ -370,23 +383,50 @@ class Controllers:
                              "capacity": dict(pv["spec"].get("capacity") or {})}
         self.store.mutate(self.r_pvc, meta["namespace"], meta["name"], bind_pvc)
 
+    @staticmethod
+    def _claim_ref_matches(pv, pvc):
+        """True when the PV's claimRef names this claim: pre-bound (no uid) or bound to this very claim."""
+        ref = (pv.get("spec") or {}).get("claimRef") or {}
+        meta = pvc["metadata"]
+        return (ref.get("name") == meta["name"] and (ref.get("namespace") or "") == meta["namespace"]
+                and ref.get("uid") in (None, "", meta["uid"]))
+
+    @staticmethod
+    def _mismatch(pv, pvc):
+        """Why the PV cannot back the claim (class, access modes, size), or None."""
+        spec, pspec = pvc["spec"], pv.get("spec") or {}
+        if (pspec.get("storageClassName") or "") != (spec.get("storageClassName") or ""):
+            return "storageClassName does not match"
+        if not set(spec.get("accessModes") or []) <= set(pspec.get("accessModes") or []):
+            return "incompatible accessMode"
+        try:
+            want = parse_quantity(((spec.get("resources") or {}).get("requests") or {}).get("storage", 0))
+            if parse_quantity((pspec.get("capacity") or {}).get("storage", 0)) < want:
+                return "requested PV is too small"
+        except ValueError:
+            return "invalid capacity"
+        return None
+
     def _static_candidate(self, pvc):
-        spec = pvc["spec"]
-        want = parse_quantity(((spec.get("resources") or {}).get("requests") or {}).get("storage", 0))
+        """An Available PV for the claim: one pre-bound to it first, else any unclaimed match."""
+        free = None
         for pv in self.store.objects(self.r_pv):
             pspec = pv.get("spec") or {}
-            if (pv.get("status") or {}).get("phase") != "Available" or pspec.get("claimRef"):
+            if (pv.get("status") or {}).get("phase") != "Available" or self._mismatch(pv, pvc):
                 continue
-            if (pspec.get("storageClassName") or "") != (spec.get("storageClassName") or ""):
-                continue
-            if not set(spec.get("accessModes") or []) <= set(pspec.get("accessModes") or []):
-                continue
-            try:
-                if parse_quantity((pspec.get("capacity") or {}).get("storage", 0)) < want:
-                    continue
-            except ValueError:
-                continue
-            return pv
+            if pspec.get("claimRef"):
+                if self._claim_ref_matches(pv, pvc):
+                    return pv
+            elif free is None:
+                free = pv
+        return free
+
+    def _prebound_volume(self, pvc):
+        """The PV pre-bound to this claim by claimRef (name and namespace, no uid), or None."""
+        for pv in self.store.objects(self.r_pv):
+            ref = (pv.get("spec") or {}).get("claimRef") or {}
+            if ref and not ref.get("uid") and self._claim_ref_matches(pv, pvc) and not self._mismatch(pv, pvc):
+                return pv
         return None
 
     def _provision(self):
@@ -399,13 +439,23 @@ class Controllers:
                 continue
             ns, name = meta["namespace"], meta["name"]
             if spec.get("volumeName"):
+                # Bind to that PV when it is unclaimed or its claimRef names this claim (pre-bound, or
+                # bound to this uid); a PV Released by another claim stays with it.
                 pv = self.store.try_get(self.r_pv, "", spec["volumeName"])
                 ref = ((pv or {}).get("spec") or {}).get("claimRef") or {}
-                if pv and (not ref or ref.get("uid") == meta["uid"]):
+                reason = self._mismatch(pv, pvc) if pv else None
+                if pv and not reason and (not ref or self._claim_ref_matches(pv, pvc)):
                     self._bind(spec["volumeName"], pvc)
+                elif reason:
+                    self.event(pvc, "Warning", "FailedBinding", "Cannot bind to requested volume \"%s\": %s"
+                               % (spec["volumeName"], reason), "persistentvolume-controller")
                 else:
                     self.event(pvc, "Warning", "FailedBinding", "volume \"%s\" is not available" % spec["volumeName"],
                                "persistentvolume-controller")
+                continue
+            prebound = self._prebound_volume(pvc)
+            if prebound is not None:
+                self._bind(prebound["metadata"]["name"], pvc)
                 continue
             if self.faults.object_fault("pvc_pending", ns, name):
                 self.event(pvc, "Normal", "ExternalProvisioning", "Waiting for a volume to be created either by the external "
