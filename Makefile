@@ -26,7 +26,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 # DOCUMENTATION/EXAMPLES/RETURN).
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
-.PHONY: help bootstrap test unit integration lint sanity demo sandbox sandbox-down \
+.PHONY: help bootstrap test unit integration lint sanity demo parity-demo sandbox sandbox-down \
         sandbox-status bench-parity bench-lint bench-live bench-backfill build changelog clean distclean
 
 help: ## show this help
@@ -62,9 +62,13 @@ endif
 sanity: bootstrap ## ansible-test sanity on a temporary ansible_collections/ copy
 	scripts/sanity
 
-demo: bootstrap ## start the sandbox and run playbooks/demo.yml against it
+demo: bootstrap ## start the sandbox and run playbooks/parity_demo.yml against it
 	scripts/sandbox up
-	$(BIN)/ansible-playbook playbooks/demo.yml
+	$(BIN)/ansible-playbook playbooks/parity_demo.yml
+
+parity-demo: bootstrap ## start the sandbox and run the replica-parity demo (playbooks/parity_demo.yml)
+	scripts/sandbox up
+	$(BIN)/ansible-playbook playbooks/parity_demo.yml
 
 sandbox: bootstrap ## start the PostgreSQL sandbox (primary, standby, subscriber)
 	scripts/sandbox up

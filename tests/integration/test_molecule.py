@@ -2,7 +2,7 @@
 
 The scenario (molecule/sandbox/) starts its own PostgreSQL sandbox (primary,
 streaming standby, logical subscriber on 127.0.0.1, ports 55630-55632 under
-``<repo>/.sandbox/molecule``), runs playbooks/demo.yml as converge, reruns it
+``<repo>/.sandbox/molecule``), runs playbooks/parity_demo.yml as converge, reruns it
 over a simulated interrupted run, verifies with replication_parity and
 destroys the sandbox. See molecule/README.md.
 

@@ -43,7 +43,7 @@ def test_demo_playbook_runs_end_to_end_and_again(sandbox):
     baseline = os.path.join(sandbox.config.sandbox_dir, "demo-baseline.json")
     try:
         for dummy in range(2):  # a rerun gives the same result
-            rc, out = ansible_playbook(sandbox, "playbooks/demo.yml")
+            rc, out = ansible_playbook(sandbox, "playbooks/parity_demo.yml")
             assert rc == 0, out[-4000:]
             assert "drift found: 2 keys on the subscriber; repaired; in sync: True" in out
             assert "baseline compare after repair: same" in out
@@ -60,7 +60,7 @@ def test_demo_refuses_without_a_running_sandbox(sandbox, tmp_path):
     os.mkdir(env_dir)
     env = playbook_env(sandbox)
     env["SANDBOX_DIR"] = env_dir
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "playbooks/demo.yml"], cwd=REPO, env=env,
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "playbooks/parity_demo.yml"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0
     assert "The sandbox is not running" in proc.stdout + proc.stderr
