@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+"""audit_log under AnsibleModule with the file store (no database): bad input names the option
+without a traceback, check mode writes nothing, diff, secrets stay out of the result, and a
+broken chain fails naming the line and the reason."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.common.text.converters import to_bytes
+
+from ansible_collections.stateful.rollback.plugins.module_utils import audit
+from ansible_collections.stateful.rollback.plugins.modules import audit_log
+
+# Nothing listens on port 1: a test that reached the database would fail with "unable to connect".
+NO_DB = {"login_host": "127.0.0.1", "login_port": 1, "connect_timeout": 1}
+
+
+def run_module(capsys, args, check_mode=False, diff=False):
+    args = dict(args)
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    if diff:
+        args["_ansible_diff"] = True
+    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    basic._ANSIBLE_PROFILE = "legacy"
+    with pytest.raises(SystemExit):
+        audit_log.main()
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ({"path": "/tmp/x.jsonl"}, "state is appended but all of the following are missing: stage"),
+        ({"stage": "s"}, "store is file but all of the following are missing: path"),
+        ({"stage": "s", "store": "both"}, "store is both but all of the following are missing: path"),
+        ({"stage": "s", "path": "/tmp/x", "store": "tape"}, "value of store must be one of: file, table, both"),
+        ({"stage": "s", "path": "/tmp/x", "state": "gone"}, "value of state must be one of: appended, verified"),
+        ({"stage": "s", "path": "/tmp/x", "outcome": "done"},
+         "value of outcome must be one of: ok, failed, skipped, compensated, approved, refused"),
+        ({"state": "verified", "path": "/tmp/x", "stage": "s", "outcome": "ok"},
+         "stage, outcome: only used with state=appended, not state=verified"),
+        ({"stage": "s", "path": "/tmp/x", "missing_ok": True}, "missing_ok: only used with state=verified"),
+        ({"stage": "s", "store": "table", "path": "/tmp/x"}, "path: only used with store=file or store=both, not store=table"),
+        ({"stage": "s", "path": "/tmp/x", "hmac_key": ""}, "hmac_key must not be empty"),
+        ({"stage": " ", "path": "/tmp/x"}, "stage must be a non-empty name"),
+        ({"stage": "s", "path": "/tmp/x", "started_at": "noon"}, "started_at must be an ISO 8601 time"),
+        ({"stage": "s", "path": "/tmp/x", "seconds": [1]}, "argument 'seconds' is of type list"),
+        ({"stage": "s", "path": "/tmp/x", "seconds": -2}, "seconds must be a non-negative number"),
+        ({"stage": "s", "path": "/tmp/x", "details": "not a dict"}, "details"),
+        ({"stage": "s", "path": "/tmp/x", "error": 5}, "error must be a string, a dict or a list, got int"),
+        ({"stage": "s", "store": "table", "journal_schema": "x; DROP TABLE y"}, "journal_schema 'x; DROP TABLE y' is not a valid schema name"),
+        ({"stage": "s", "store": "table"}, "unable to connect to database:"),
+        ({"state": "verified", "store": "table"}, "unable to connect to database:"),
+    ],
+)
+def test_bad_input_is_named(capsys, args, fragment):
+    result, raw = run_module(capsys, dict(NO_DB, **args))
+    assert result["failed"] is True and fragment in result["msg"], result["msg"]
+    assert "Traceback" not in result["msg"]
+
+
+def test_check_mode_writes_nothing_and_shows_the_record(capsys, tmp_path):
+    path = tmp_path / "logs" / "audit.jsonl"
+    args = {"path": str(path), "stage": "snapshot", "release": "2.1.0", "details": {"n": 1}}
+    result, raw = run_module(capsys, args, check_mode=True, diff=True)
+    assert result["changed"] is True and result["seq"] == 1 and result["record"]["prev_hash"] == audit.ZERO_HASH
+    assert result["record"]["hash"] == audit.record_hash(result["record"]) == result["hash"]
+    assert result["created"] == {"file": True}
+    assert result["diff"] == {"before": {"file": {}}, "after": {"file": {"seq": 1, "hash": result["hash"]}}}
+    assert not (tmp_path / "logs").exists()
+    first, raw = run_module(capsys, args, diff=True)
+    assert first["changed"] is True and first["seq"] == 1 and first["created"] == {"file": True}
+    # Ansible's file facts of the returned path do not replace the module's state.
+    assert first["state"] == "appended" and first["path"] == str(path) and first["size"] == len(path.read_bytes())
+    content = path.read_bytes()
+    checked, raw = run_module(capsys, args, check_mode=True, diff=True)
+    assert checked["seq"] == 2 and checked["record"]["prev_hash"] == first["hash"]
+    assert checked["diff"]["before"] == {"file": {"seq": 1, "hash": first["hash"]}}
+    assert path.read_bytes() == content
+    verified, raw = run_module(capsys, {"state": "verified", "path": str(path)}, check_mode=True)
+    assert (verified["valid"], verified["records"], verified["last_hash"], verified["changed"]) == (True, 1, first["hash"], False)
+
+
+def test_appended_then_verified_and_secrets_stay_out(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWX_JOB_ID", "4242")
+    path = str(tmp_path / "audit.jsonl")
+    args = {
+        "path": path, "stage": "migrate", "outcome": "failed", "run": "r1", "playbook": "deploy.yml", "release": "2.1.0",
+        "started_at": "2026-11-25T16:15:00Z", "ended_at": "2026-11-25T16:15:03.5Z", "changed": True,
+        "details": {"applied": ["001"], "db": {"login_password": "pw-in-details", "host": "db"}},
+        "error": {"msg": "lock timeout", "api_key": "key-in-error"},
+        "inputs": {"manifest": "release.yml", "token": "token-in-inputs"},
+        "hmac_key": "hmac-secret-value", "login_password": "login-secret-value",
+    }
+    result, raw = run_module(capsys, args)
+    record = result["record"]
+    assert record["details"] == {"applied": ["001"], "db": {"host": "db"}} and record["error"] == {"msg": "lock timeout"}
+    assert (record["seconds"], record["awx_job_id"], record["outcome"], record["changed"]) == (3.5, "4242", "failed", True)
+    assert record["actor"].endswith(" (AWX job 4242)")
+    assert record["inputs_digest"] == audit.inputs_digest(args["inputs"])
+    assert result["stripped"] == ["details.db.login_password", "error.api_key"]
+    for secret in ("pw-in-details", "key-in-error", "token-in-inputs", "hmac-secret-value", "login-secret-value"):
+        assert secret not in raw, secret
+        assert secret not in open(path, encoding="utf-8").read()
+    invocation = result["invocation"]["module_args"]
+    assert invocation["inputs"] == record["inputs_digest"] and invocation["details"] == record["details"]
+    signed = json.loads(open(path, encoding="utf-8").read())
+    assert signed == record and signed["hmac"] == audit.record_hmac(signed, "hmac-secret-value")
+    verified, raw = run_module(capsys, {"state": "verified", "path": path, "hmac_key": "hmac-secret-value"})
+    assert (verified["valid"], verified["records"], verified["hmac_checked"], verified["first_broken"]) == (True, 1, True, None)
+    refused, raw = run_module(capsys, dict(args, hmac_key=None))
+    assert refused["failed"] is True and "cannot append without hmac_key: the chain's records are signed" in refused["msg"]
+
+
+def test_broken_chain_fails_naming_line_and_reason(capsys, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    hashes = [run_module(capsys, {"path": str(path), "stage": "s%d" % i})[0]["hash"] for i in range(4)]
+    lines = path.read_text(encoding="utf-8").splitlines(True)
+    lines[2] = lines[2].replace('"stage":"s2"', '"stage":"sX"')
+    path.write_text("".join(lines), encoding="utf-8")
+    result, raw = run_module(capsys, {"state": "verified", "path": str(path)})
+    assert result["failed"] is True and result["valid"] is False
+    assert result["msg"].startswith("audit log %s is broken at line 3 (seq 3): edited - " % path)
+    assert result["first_broken"]["position"] == 3 and result["first_broken"]["reason"] == "edited"
+    assert result["records"] == 4 and result["last_hash"] == hashes[-1]
+    assert "Traceback" not in raw and "exception" not in result
+
+
+def test_missing_file(capsys, tmp_path):
+    path = str(tmp_path / "nothing.jsonl")
+    result, raw = run_module(capsys, {"state": "verified", "path": path})
+    assert result["failed"] is True and "audit log %s does not exist (set missing_ok=true" % path in result["msg"]
+    result, raw = run_module(capsys, {"state": "verified", "path": path, "missing_ok": True})
+    assert (result["valid"], result["records"], result["last_hash"], result["stores"]["file"]["exists"]) == (True, 0, None, False)
