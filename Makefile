@@ -9,7 +9,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/pytest
 # Lint only what exists yet.
-LINT_PATHS := $(wildcard roles playbooks molecule)
+LINT_PATHS := $(wildcard roles playbooks molecule awx)
 # yamllint settings compatible with ansible-lint's own yaml rule; files that
 # .gitignore excludes (.venv, .collections, .sandbox, ...) are skipped.
 YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
@@ -27,7 +27,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo parity-demo sandbox sandbox-down \
-        sandbox-status bench-parity bench-lint bench-live bench-backfill build changelog clean distclean
+        sandbox-status bench-parity bench-lint bench-live bench-backfill build awx changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -93,6 +93,9 @@ bench-backfill: bootstrap ## backfill benchmark: batched backfill vs one UPDATE 
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .
+
+awx: bootstrap ## configure AWX / Automation Controller from awx/ (needs CONTROLLER_HOST, CONTROLLER_OAUTH_TOKEN)
+	$(BIN)/ansible-playbook awx/configure.yml
 
 changelog: bootstrap ## antsibull-changelog lint (changelogs/fragments)
 	$(BIN)/antsibull-changelog lint

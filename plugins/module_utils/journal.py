@@ -150,7 +150,11 @@ class Journal(object):
             cur.execute("BEGIN")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (namespace, key))
-                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+                # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+                # schema exists (pre-created for a least-privilege migrator): ask first.
+                cur.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
                 for statement in _DDL:
                     cur.execute(sql.SQL(statement).format(
                         journal=self.table, control=self.control,
