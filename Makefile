@@ -62,9 +62,9 @@ endif
 sanity: bootstrap ## ansible-test sanity on a temporary ansible_collections/ copy
 	scripts/sanity
 
-demo: bootstrap ## start the sandbox and run playbooks/parity_demo.yml against it
+demo: bootstrap ## start the sandbox, install the demo shop and run the rollback drill (playbooks/demo.yml)
 	scripts/sandbox up
-	$(BIN)/ansible-playbook playbooks/parity_demo.yml
+	$(BIN)/ansible-playbook -i inventories/sandbox playbooks/demo.yml
 
 parity-demo: bootstrap ## start the sandbox and run the replica-parity demo (playbooks/parity_demo.yml)
 	scripts/sandbox up

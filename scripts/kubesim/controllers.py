@@ -838,6 +838,11 @@ class Controllers:
                     state["failures"] = state.get("failures", 0) + 1
                     delay = min(10.0, 2.0 ** (state["failures"] - 1))
                     self._retry_at[("workload", uid)] = time.monotonic() + delay
+                    if event.new_replicas:
+                        # A failed start may have stopped the old replicas first (Recreate):
+                        # none is acknowledged any more, so returning to the old spec calls
+                        # the hook again instead of trusting processes that may be gone.
+                        state["replicas"] = 0
             self.event(event.obj, "Warning", "ScaleHookFailed", "%s hook %d->%d failed: %s: %s" % (
                 event.reason, event.old_replicas, event.new_replicas, type(exc).__name__, exc))
             if not final:

@@ -239,7 +239,7 @@ def test_workflow_nodes_form_the_described_graph(play, settings):
             assert isinstance(settings[timeout], int) and settings[timeout] > 0, timeout
     # A tree from one root (the controller also refuses cycles): every node but the root has one parent.
     parents = {}
-    for parent, _, child in edges:
+    for parent, dummy, child in edges:
         assert child not in parents, "%s has two parents" % child
         parents[child] = parent
     assert set(identifiers) - set(parents) == {"preflight"}
@@ -317,7 +317,7 @@ def test_every_task_passes_argument_validation_and_calls_the_controller(tmp_path
     for task in report["plays"][0]["tasks"]:
         outcome = task["hosts"]["localhost"]
         results += [(task["task"]["name"], r) for r in outcome.get("results", [outcome])]
-    names = [name for name, _ in results]
+    names = [name for name, dummy in results]
     assert names[0] == "Check the settings before touching the controller" and not results[0][1].get("failed")
     for name, result in results[1:]:
         # module_defaults carried the controller URL (the environment's CONTROLLER_HOST lost).

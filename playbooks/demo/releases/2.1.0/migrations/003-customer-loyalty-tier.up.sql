@@ -1,0 +1,1 @@
+ALTER TABLE customers ADD COLUMN loyalty_tier text NOT NULL DEFAULT 'basic';
