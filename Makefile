@@ -27,7 +27,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo parity-demo sandbox sandbox-down \
-        sandbox-status bench-parity bench-lint bench-live bench-backfill build awx changelog clean distclean
+        sandbox-status bench-parity bench-lint bench-live bench-backfill bench-rto build awx changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -90,6 +90,9 @@ bench-live: bootstrap ## live-mode benchmark: scratch-database time vs table row
 
 bench-backfill: bootstrap ## backfill benchmark: batched backfill vs one UPDATE (make bench-backfill ROWS=200000 BATCH_SIZE=5000)
 	$(if $(ROWS),ROWS=$(ROWS) )$(if $(BATCH_SIZE),BATCH_SIZE=$(BATCH_SIZE) )$(BIN)/python benchmarks/bench_backfill.py
+
+bench-rto: bootstrap ## rollback drill x5 on 1M orders: RTO/RPO (make bench-rto ROWS=200000 RUNS=3 FAULT=alternate)
+	$(if $(ROWS),ROWS=$(ROWS) )$(if $(RUNS),RUNS=$(RUNS) )$(if $(FAULT),FAULT=$(FAULT) )$(BIN)/python benchmarks/bench_rto.py
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .

@@ -74,7 +74,9 @@ def test_cli_live_measures_and_leaves_the_target_unchanged(sandbox):
 
 def test_playbook_live_check_with_pg_stat_statements(sandbox, tmp_path):
     admin = sandbox.superuser("primary")
-    # The old app's traffic, recorded by pg_stat_statements on the sandbox primary.
+    # The old app's traffic, recorded by pg_stat_statements on the sandbox primary. Start
+    # from an empty record: queries of earlier tests would crowd the failure message.
+    sandbox.sql("primary", "SELECT pg_stat_statements_reset()", superuser=True)
     sandbox.sql("primary", "SELECT id, amount, status FROM orders WHERE customer_id = 7")
     playbook = tmp_path / "compat.yml"
     playbook.write_text(textwrap.dedent("""\
