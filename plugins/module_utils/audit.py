@@ -52,7 +52,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.ledger import (
     check_schema_name,
     default_recorded_by,
 )
-from ansible_collections.stateful.rollback.plugins.module_utils.postgres import sql
+from ansible_collections.stateful.rollback.plugins.module_utils.postgres import sql, table_exists
 
 try:
     from psycopg2 import errors as pg_errors
@@ -747,12 +747,7 @@ class TableStore:
                 conn.autocommit = True
 
     def _exists(self, cur):
-        cur.execute(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-            (self.schema, TABLE),
-        )
-        return cur.fetchone() is not None
+        return table_exists(cur, self.schema, TABLE)
 
     def _lock(self, cur):
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, self.qualified))

@@ -41,6 +41,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.postgres import 
     MAX_IDENTIFIER_BYTES,
     PostgresError,
     sql,
+    table_exists,
 )
 
 try:
@@ -179,12 +180,7 @@ class Ledger:
             return result
 
     def _exists(self, cur):
-        cur.execute(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-            (self.schema, TABLE),
-        )
-        return cur.fetchone() is not None
+        return table_exists(cur, self.schema, TABLE)
 
     def _lock_and_ensure(self, cur):
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, self.schema))

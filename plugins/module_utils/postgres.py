@@ -303,3 +303,13 @@ def _display(part):
 def ident(*parts):
     """psycopg2.sql.Identifier for a (possibly qualified) name."""
     return sql.Identifier(*parts)
+
+
+def table_exists(cur, schema, table):
+    """Whether schema.table exists as a table (plain or partitioned), through the cursor ``cur``."""
+    cur.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (schema, table),
+    )
+    return cur.fetchone() is not None
