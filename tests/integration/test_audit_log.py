@@ -18,9 +18,8 @@ import time
 
 import psycopg2
 import pytest
+import testkit
 import yaml
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.stateful.rollback.plugins.module_utils import audit
 from ansible_collections.stateful.rollback.plugins.modules import audit_log as audit_module
@@ -60,16 +59,7 @@ def conn_options(sandbox, **extra):
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        audit_module.main()
-    return json.loads(capsys.readouterr().out)
+    return testkit.run_module(capsys, audit_module, args, check_mode=check_mode, diff=diff)
 
 
 def table_args(sandbox, schema, **args):

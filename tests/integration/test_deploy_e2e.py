@@ -12,53 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
-import urllib.request
 
 import pytest
+from testkit import app_version, columns, ledger, manifest, playbook, recap_changed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
 OWN_SANDBOX_PORT_BASE = 55830
 OWN_SANDBOX_NAME = "pytest-e2e"
-RELEASES = os.path.join(REPO, "playbooks", "demo", "releases")
-
-
-def playbook(sb, name, *extra, timeout=900):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env.update({k: v for k, v in sb.env().items() if k.startswith("SANDBOX_") and k.endswith(("_PORT", "_DIR"))})
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", "inventories/sandbox", "playbooks/" + name] + list(extra),
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def recap_changed(output):
-    match = re.search(r"^sandbox\s+:\s+ok=\d+\s+changed=(\d+)", output, re.M)
-    assert match, output[-3000:]
-    return int(match.group(1))
-
-
-def manifest(version):
-    return "stateful_rollback_release_manifest=" + os.path.join(RELEASES, version, "release.yml")
-
-
-def app_version(sb):
-    with urllib.request.urlopen(sb.env()["SANDBOX_APP_URL"] + "/version", timeout=5) as resp:
-        return json.loads(resp.read())["version"]
-
-
-def ledger(sb):
-    rows = sb.sql("primary", "SELECT version, outcome, known_good FROM stateful_rollback.release_ledger ORDER BY id")
-    return {version: (outcome, known_good) for version, outcome, known_good in rows}
-
-
-def columns(sb, node="primary"):
-    return [r[0] for r in sb.sql(node, "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-                                       "AND table_name = 'customers' ORDER BY ordinal_position")]
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import sys
 import time
 
 import pytest
+import testkit
 import yaml
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.stateful.rollback.plugins.module_utils.manifest import load_release
 from ansible_collections.stateful.rollback.plugins.modules import release as release_module
@@ -62,16 +61,7 @@ def conn_options(sandbox, **extra):
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        release_module.main()
-    return json.loads(capsys.readouterr().out)
+    return testkit.run_module(capsys, release_module, args, check_mode=check_mode, diff=diff)
 
 
 def ledger(capsys, sandbox, schema, check_mode=False, diff=False, **args):

@@ -10,8 +10,7 @@ __metaclass__ = type
 import json
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+import testkit
 
 from ansible_collections.stateful.rollback.plugins.module_utils import audit
 from ansible_collections.stateful.rollback.plugins.modules import audit_log
@@ -21,17 +20,7 @@ NO_DB = {"login_host": "127.0.0.1", "login_port": 1, "connect_timeout": 1}
 
 
 def run_module(capsys, args, check_mode=False, diff=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        audit_log.main()
-    captured = capsys.readouterr()
-    return json.loads(captured.out), captured.out
+    return testkit.run_module(capsys, audit_log, args, check_mode=check_mode, diff=diff, raw=True)
 
 
 @pytest.mark.parametrize(

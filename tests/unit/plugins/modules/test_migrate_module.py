@@ -10,8 +10,7 @@ import hashlib
 import json
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+import testkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,11 +20,7 @@ IMAGE = "registry.example/demo@sha256:" + hashlib.sha256(b"demo").hexdigest()
 
 
 def run_module(capsys, args):
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        migrate.main()
-    return json.loads(capsys.readouterr().out)
+    return testkit.run_module(capsys, migrate, args)
 
 
 @pytest.fixture

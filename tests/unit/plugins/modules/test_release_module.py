@@ -9,8 +9,7 @@ import json
 import os
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+import testkit
 
 from ansible_collections.stateful.rollback.plugins.module_utils import manifest as manifest_lib
 from ansible_collections.stateful.rollback.plugins.modules import release
@@ -22,13 +21,7 @@ NO_DB = {"login_host": "127.0.0.1", "login_port": 1, "connect_timeout": 1}
 
 
 def run_module(capsys, args, check_mode=False):
-    if check_mode:
-        args = dict(args, _ansible_check_mode=True)
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        release.main()
-    return json.loads(capsys.readouterr().out)
+    return testkit.run_module(capsys, release, args, check_mode=check_mode)
 
 
 @pytest.mark.parametrize(

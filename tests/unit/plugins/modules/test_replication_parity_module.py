@@ -9,8 +9,7 @@ __metaclass__ = type
 import json
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+import testkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,12 +17,7 @@ from ansible_collections.stateful.rollback.plugins.modules import replication_pa
 
 
 def run_module(capsys, args):
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        replication_parity.main()
-    out = capsys.readouterr().out
-    return json.loads(out)
+    return testkit.run_module(capsys, replication_parity, args)
 
 
 REPLICA = [{"name": "standby", "login_host": "127.0.0.1", "login_port": 1}]

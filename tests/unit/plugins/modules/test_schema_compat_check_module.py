@@ -5,23 +5,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import json
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+import testkit
 
 from ansible_collections.stateful.rollback.plugins.modules import schema_compat_check
 
 
 def run_module(capsys, args, check_mode=False):
-    if check_mode:
-        args = dict(args, _ansible_check_mode=True)
-    basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    basic._ANSIBLE_PROFILE = "legacy"
-    with pytest.raises(SystemExit):
-        schema_compat_check.main()
-    return json.loads(capsys.readouterr().out)
+    return testkit.run_module(capsys, schema_compat_check, args, check_mode=check_mode)
 
 
 @pytest.mark.parametrize(
