@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import json
 import sys
+import time
 
 from ansible.module_utils import basic
 
@@ -53,3 +54,28 @@ def ansible_module(**kwargs):
         # No AnsibleModule exists to call fail_json on: answer as fail_json would.
         print(json.dumps({"failed": True, "msg": msg}))  # pylint: disable=ansible-bad-function
         sys.exit(1)  # pylint: disable=ansible-bad-function
+
+
+def progress_writer(module, on_event=None):
+    """A callback that appends each progress event (plus ``elapsed_seconds``) as a JSON line to the
+    module's ``progress_log`` option, when set, and then hands it to ``on_event`` (for a module log line).
+
+    A progress log that cannot be written is a warning, never a failure: the work itself goes on.
+    """
+    path = module.params.get("progress_log")
+    started = time.monotonic()
+
+    def emit(event):
+        event = dict(event, elapsed_seconds=round(time.monotonic() - started, 3))
+        if event.get("rows") and event["elapsed_seconds"] and "rows_per_second" not in event:
+            event["rows_per_second"] = int(event["rows"] / event["elapsed_seconds"])
+        if path:
+            try:
+                with open(path, "a") as handle:
+                    handle.write(json.dumps(event, sort_keys=True, default=str) + "\n")
+            except OSError as exc:
+                module.warn("cannot append to progress_log %s: %s" % (path, exc))
+        if on_event is not None:
+            on_event(event)
+
+    return emit

@@ -399,13 +399,11 @@ timings:
   sample: {total_seconds: 2.41, lock_wait_seconds: 0.0}
 """
 
-import json
-import time
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
+from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module, progress_writer
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
     HAS_PSYCOPG2,
@@ -471,22 +469,6 @@ def validate(module):
         check_schema_name(params["journal_schema"])
     except JournalError as exc:
         module.fail_json(msg=str(exc))
-
-
-def progress_writer(module):
-    path = module.params.get("progress_log")
-    started = time.monotonic()
-
-    def emit(event):
-        event = dict(event, elapsed_seconds=round(time.monotonic() - started, 3))
-        if path:
-            try:
-                with open(path, "a") as handle:
-                    handle.write(json.dumps(event, sort_keys=True, default=str) + "\n")
-            except OSError as exc:
-                module.warn("cannot append to progress_log %s: %s" % (path, exc))
-
-    return emit
 
 
 def main():

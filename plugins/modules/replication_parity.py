@@ -371,13 +371,11 @@ timings:
   sample: {total_seconds: 2.46}
 """
 
-import json
-import time
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
+from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module, progress_writer
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
     HAS_PSYCOPG2,
@@ -448,24 +446,11 @@ def validate(module):
             module.fail_json(msg="replicas[%d] needs login_host, login_unix_socket or login_port" % index)
 
 
-def progress_writer(module):
-    path = module.params.get("progress_log")
-    started = time.monotonic()
-
-    def emit(event):
-        event = dict(event, elapsed_seconds=round(time.monotonic() - started, 3))
-        if event.get("rows") and event["elapsed_seconds"]:
-            event["rows_per_second"] = int(event["rows"] / event["elapsed_seconds"])
-        if path:
-            try:
-                with open(path, "a") as handle:
-                    handle.write(json.dumps(event, sort_keys=True) + "\n")
-            except OSError as exc:
-                module.warn("cannot append to progress_log %s: %s" % (path, exc))
+def log_progress(module):
+    def on_event(event):
         if event.get("event") == "progress":
             module.log("replication_parity: %(tables_done)s/%(tables)s tables, %(rows)s rows" % event)
-
-    return emit
+    return on_event
 
 
 def main():
@@ -480,7 +465,7 @@ def main():
         module.fail_json(msg="cannot load the parity engine", exception=RUNNER_IMP_ERR)
     validate(module)
     try:
-        result = run(module.params, check_mode=module.check_mode, progress=progress_writer(module))
+        result = run(module.params, check_mode=module.check_mode, progress=progress_writer(module, log_progress(module)))
     except ParityFailure as exc:
         module.fail_json(msg=exc.msg, **exc.result)
     module.exit_json(**result)
