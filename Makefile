@@ -8,6 +8,9 @@ SHELL := /bin/bash
 VENV    := .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/pytest
+# make test runs the test files on this many pytest-xdist workers (one file stays on one worker;
+# tests/conftest.py gives each worker a session sandbox of its own). PYTEST_JOBS=0 runs them in one process.
+PYTEST_JOBS ?= 2
 # Lint only what exists yet.
 LINT_PATHS := $(wildcard roles playbooks molecule awx)
 # yamllint settings compatible with ansible-lint's own yaml rule; files that
@@ -27,7 +30,7 @@ YAMLLINT_CONFIG := {extends: default, ignore-from-file: .gitignore, rules: { \
 RUFF_SELECT := --select E4,E7,E9,F --ignore E402,E741
 
 .PHONY: help bootstrap test unit integration lint sanity demo parity-demo sandbox sandbox-down \
-        sandbox-status bench-parity bench-lint bench-live bench-backfill bench-rto build awx changelog clean distclean
+        sandbox-status bench-parity bench-lint bench-live bench-backfill bench-rto bench-load test-faults build awx changelog clean distclean
 
 help: ## show this help
 	@echo "Targets:"
@@ -40,7 +43,7 @@ test: bootstrap ## what CI runs: lint + sanity + every pytest test (unit and int
 	@failed=""; \
 	$(MAKE) --no-print-directory lint   || failed="$$failed lint"; \
 	$(MAKE) --no-print-directory sanity || failed="$$failed sanity"; \
-	$(PYTEST) tests                     || failed="$$failed pytest"; \
+	$(PYTEST) -n $(PYTEST_JOBS) --dist loadfile tests || failed="$$failed pytest"; \
 	if [[ -n "$$failed" ]]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
 	echo "make test: lint, sanity and pytest passed"
 
@@ -49,6 +52,9 @@ unit: bootstrap ## pytest tests/unit
 
 integration: bootstrap ## pytest tests/integration (starts its own PostgreSQL sandbox)
 	$(PYTEST) tests/integration
+
+test-faults: bootstrap ## the fault table: every fault-injection test (pytest -m faults, long ones included), then a table
+	FAULTS_ALL=1 $(PYTEST) -m faults -o timeout=1800 tests
 
 lint: bootstrap ## ansible-lint (production profile) + yamllint + ruff
 ifneq ($(strip $(LINT_PATHS)),)
@@ -93,6 +99,9 @@ bench-backfill: bootstrap ## backfill benchmark: batched backfill vs one UPDATE 
 
 bench-rto: bootstrap ## rollback drill x5 on 1M orders: RTO/RPO (make bench-rto ROWS=200000 RUNS=3 FAULT=alternate)
 	$(if $(ROWS),ROWS=$(ROWS) )$(if $(RUNS),RUNS=$(RUNS) )$(if $(FAULT),FAULT=$(FAULT) )$(BIN)/python benchmarks/bench_rto.py
+
+bench-load: bootstrap ## load benchmark: pgbench tps alone vs during a backfill + parity check (make bench-load ROWS=300000 DURATION=20)
+	$(if $(ROWS),ROWS=$(ROWS) )$(if $(DURATION),DURATION=$(DURATION) )$(if $(BATCH_SIZE),BATCH_SIZE=$(BATCH_SIZE) )$(if $(MAX_ROWS_PER_SECOND),MAX_ROWS_PER_SECOND=$(MAX_ROWS_PER_SECOND) )$(BIN)/python benchmarks/bench_load.py
 
 build: bootstrap ## build the collection tarball into .build/
 	$(BIN)/ansible-galaxy collection build --force --output-path .build .

@@ -42,7 +42,6 @@ differ, 2 on a setup error, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +55,7 @@ for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".coll
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
 import sandbox  # noqa: E402  (scripts/sandbox.py)
 
 SCHEMA = "bench_backfill"
@@ -88,13 +88,9 @@ def say(message: str) -> None:
 
 
 def bench_config() -> "sandbox.Config":
-    environ = {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_")}
-    environ["SANDBOX_DIR"] = os.environ.get("BENCH_BACKFILL_SANDBOX_DIR") or DEFAULT_SANDBOX_DIR
     base = int(os.environ.get("BENCH_BACKFILL_PORT_BASE") or DEFAULT_PORT_BASE)
-    for offset, node in enumerate(sandbox.NODES):
-        environ[sandbox.Config.ENV_VARS[f"{node}_port"]] = str(base + offset)
-    environ[sandbox.Config.ENV_VARS["app_port"]] = str(base + len(sandbox.NODES))
-    return sandbox.Config.from_env(environ)
+    return benchsandbox.config("BENCH_BACKFILL_SANDBOX_DIR", DEFAULT_SANDBOX_DIR, benchsandbox.based_ports(base),
+                               app_port=base + len(sandbox.NODES))
 
 
 def parse_rows(text: str) -> int:
@@ -204,21 +200,6 @@ def same_data(cfg) -> bool:
     return execute(cfg, query.format(SCHEMA, "single")) == execute(cfg, query.format(SCHEMA, "batched"))
 
 
-def start_sandbox(cfg, wait: float = 70.0) -> None:
-    """sandbox.up(), retried while a port is briefly busy (TIME_WAIT in the ephemeral range)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            say("starting the sandbox (primary, standby, subscriber)")
-            sandbox.up(cfg)
-            return
-        except sandbox.SandboxConflict as exc:
-            if time.monotonic() >= deadline:
-                raise
-            say(f"{exc} -- retrying in 5s")
-            time.sleep(5)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench_backfill", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rows", type=parse_rows, default=None, help=f"rows per table (default $ROWS or {DEFAULT_ROWS})")
@@ -241,20 +222,16 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
     cfg = bench_config()
-    lock_path = os.path.join(tempfile.gettempdir(), "bench_backfill-%s.lock" % hashlib.sha1(cfg.sandbox_dir.encode()).hexdigest()[:12])
-    lock = open(lock_path, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"bench_backfill: another run is using {cfg.sandbox_dir} (lock {lock_path})", file=sys.stderr)
+    box = benchsandbox.BenchSandbox("bench_backfill", cfg, say)
+    if not box.lock():
         return 2
-    was_running = sandbox.status(cfg)["all_running"]
     code = 2
     summary = None
     try:
         say(f"bench_backfill: ROWS={args.rows:,} batch_size={args.batch_size or 'manifest default'} sandbox={cfg.sandbox_dir} "
             f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}")
-        start_sandbox(cfg)
+        say("starting the sandbox (primary, standby, subscriber)")
+        box.start()
         prepare(cfg, args.rows)
         checkpoint(cfg)
         single = measure_single(cfg)
@@ -280,21 +257,8 @@ def main(argv=None) -> int:
         say(f"bench_backfill: error: {exc}")
         code = 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.keep:
-            say(f"--keep: sandbox left running; stop it with: SANDBOX_DIR={cfg.sandbox_dir} "
-                f"SANDBOX_PRIMARY_PORT={cfg.primary_port} SANDBOX_STANDBY_PORT={cfg.standby_port} "
-                f"SANDBOX_SUBSCRIBER_PORT={cfg.subscriber_port} scripts/sandbox down")
-        elif was_running:
-            say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; left it running")
-        else:
-            try:
-                sandbox.down(cfg)
-                say(f"sandbox {cfg.sandbox_dir} stopped and removed")
-            except sandbox.SandboxError as exc:
-                say(f"bench_backfill: could not tear the sandbox down: {exc}")
-                code = code or 2
+        failed = box.finish(keep=args.keep)
+        code = code or failed  # the teardown runs whatever the outcome
     if summary:
         print(summary, flush=True)
     return code

@@ -46,13 +46,10 @@ Environment: ``ROWS`` (like --rows), ``BENCH_LIVE_SANDBOX_DIR``,
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from typing import Dict, List, Optional, Tuple
@@ -63,10 +60,11 @@ for _path in (BENCH_DIR, os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_R
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
 import sandbox  # noqa: E402  (scripts/sandbox.py)
 # Shared with the parity benchmark: rich-or-plain output, ROWS parsing (200k, 2M),
 # sandbox start retried while a port is briefly busy.
-from bench_parity import OUT, parse_rows, start_sandbox, stop_sandbox  # noqa: E402
+from bench_parity import OUT, parse_rows  # noqa: E402
 
 DEFAULT_ROWS = 2_000_000
 ROWS_SMALL = 1000
@@ -147,14 +145,19 @@ class AnalysisError(Exception):
 # --------------------------------------------------------------------------
 
 
+def drop_and_say(cfg) -> str:
+    """In a sandbox that ran before this benchmark, drop only the benchmark's databases."""
+    try:
+        drop_databases(cfg)
+    except Exception as exc:  # pylint: disable=broad-except
+        OUT.say(f"bench_live: could not drop {SMALL_DB} / {LARGE_DB}: {exc}", style="bold red")
+    return f"dropped {SMALL_DB} and {LARGE_DB}, left the sandbox running"
+
+
 def bench_config() -> "sandbox.Config":
     """The benchmark's own sandbox: own dir and ports, never the demo's, the tests' or bench_parity's."""
-    environ = {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_")}
-    environ["SANDBOX_DIR"] = os.environ.get("BENCH_LIVE_SANDBOX_DIR") or DEFAULT_SANDBOX_DIR
-    for node, port in DEFAULT_PORTS.items():
-        var = sandbox.Config.ENV_VARS[f"{node}_port"]
-        environ[var] = os.environ.get(f"BENCH_LIVE_{node.upper()}_PORT") or str(port)
-    return sandbox.Config.from_env(environ)
+    return benchsandbox.config("BENCH_LIVE_SANDBOX_DIR", DEFAULT_SANDBOX_DIR, DEFAULT_PORTS,
+                               port_env=lambda node: f"BENCH_LIVE_{node.upper()}_PORT")
 
 
 def pg_connect(cfg, dbname: str):
@@ -426,21 +429,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"bench_live: {exc}", file=sys.stderr)
         return 2
     # One benchmark per sandbox dir: a second one would tear the sandbox down under the first.
-    lock_path = os.path.join(tempfile.gettempdir(), "bench_live-%s.lock" % hashlib.sha1(cfg.sandbox_dir.encode()).hexdigest()[:12])
-    lock = open(lock_path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"bench_live: another bench_live run is using {cfg.sandbox_dir} (lock {lock_path})", file=sys.stderr)
+    box = benchsandbox.BenchSandbox("bench_live", cfg, OUT.say, OUT.status)
+    if not box.lock():
         return 2
-    was_running = sandbox.status(cfg)["all_running"]
     code = 2
     auto_line = last = None
     try:
         OUT.say(f"bench_live: rows_small={ROWS_SMALL:,} rows_large={args.rows:,} repeat={args.repeat} "
                 f"sandbox={cfg.sandbox_dir} ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}",
                 style="bold")
-        start_sandbox(cfg)
+        box.start()
         build_database(cfg, SMALL_DB, ROWS_SMALL)
         build_database(cfg, LARGE_DB, args.rows)
         with OUT.status("CHECKPOINT"):
@@ -467,23 +465,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         traceback.print_exc()
         code = 2
     finally:
-        # Ignore further Ctrl-C while tearing down; pg_ctl runs with the same disposition.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.keep:
-            OUT.say(f"--keep: sandbox left running ({SMALL_DB}, {LARGE_DB} on port {cfg.primary_port}); stop it with: "
-                    f"SANDBOX_DIR={cfg.sandbox_dir} SANDBOX_PRIMARY_PORT={cfg.primary_port} "
-                    f"SANDBOX_STANDBY_PORT={cfg.standby_port} SANDBOX_SUBSCRIBER_PORT={cfg.subscriber_port} scripts/sandbox down")
-        elif was_running:
-            try:
-                drop_databases(cfg)
-            except Exception as exc:  # pylint: disable=broad-except
-                OUT.say(f"bench_live: could not drop {SMALL_DB} / {LARGE_DB}: {exc}", style="bold red")
-            OUT.say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; "
-                    f"dropped {SMALL_DB} and {LARGE_DB}, left the sandbox running")
-        else:
-            failed = stop_sandbox(cfg, "bench_live")
-            code = code or failed
+        # Further Ctrl-C is ignored while tearing down; pg_ctl runs with the same disposition.
+        failed = box.finish(keep=args.keep, keep_note=f" ({SMALL_DB}, {LARGE_DB} on port {cfg.primary_port})",
+                            if_was_running=lambda: drop_and_say(cfg))
+        code = code or failed  # the teardown runs whatever the outcome
     if last:
         print(auto_line, flush=True)
         print(last, flush=True)

@@ -39,14 +39,11 @@ at the demo sandbox; the other ``SANDBOX_*`` settings (passwords,
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -56,6 +53,7 @@ for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".coll
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
 import sandbox  # noqa: E402  (scripts/sandbox.py)
 
 TABLE = "bench_wide"
@@ -164,12 +162,7 @@ OUT = Out()
 
 def bench_config() -> "sandbox.Config":
     """The benchmark's own sandbox: own dir and ports, never the demo's or the tests'."""
-    environ = {k: v for k, v in os.environ.items() if k.startswith("SANDBOX_")}
-    environ["SANDBOX_DIR"] = os.environ.get("BENCH_SANDBOX_DIR") or DEFAULT_SANDBOX_DIR
-    for node, port in DEFAULT_PORTS.items():
-        var = sandbox.Config.ENV_VARS[f"{node}_port"]
-        environ[var] = os.environ.get(f"BENCH_{node.upper()}_PORT") or str(port)
-    return sandbox.Config.from_env(environ)
+    return benchsandbox.config("BENCH_SANDBOX_DIR", DEFAULT_SANDBOX_DIR, DEFAULT_PORTS, port_env=lambda node: f"BENCH_{node.upper()}_PORT")
 
 
 def parse_rows(text: str) -> int:
@@ -461,26 +454,6 @@ def run_rounds(cfg, args, planted: Dict[int, str]) -> Dict[str, dict]:
     return results
 
 
-def start_sandbox(cfg, wait: float = 70.0) -> None:
-    """sandbox.up(), retried for a while when a port is busy.
-
-    Our ports lie in Linux's ephemeral range (32768-60999): a client connection
-    elsewhere (e.g. the test suite's) may have used one as its source port, and
-    its TIME_WAIT entry blocks the server's bind for up to 60 seconds.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            with OUT.status("starting the sandbox (primary, standby, subscriber)"):
-                sandbox.up(cfg)
-            return
-        except sandbox.SandboxConflict as exc:
-            if time.monotonic() >= deadline:
-                raise
-            OUT.say(f"{exc} -- retrying in 5s (until {wait:.0f}s have passed)")
-            time.sleep(5)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_parity", description=__doc__.split("\n\n", maxsplit=1)[0],
@@ -522,20 +495,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     cfg = bench_config()
     # One benchmark per sandbox dir: a second one would tear the sandbox down under the first.
-    lock_path = os.path.join(tempfile.gettempdir(), "bench_parity-%s.lock" % hashlib.sha1(cfg.sandbox_dir.encode()).hexdigest()[:12])
-    lock = open(lock_path, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"bench_parity: another bench_parity run is using {cfg.sandbox_dir} (lock {lock_path})", file=sys.stderr)
+    box = benchsandbox.BenchSandbox("bench_parity", cfg, OUT.say, OUT.status)
+    if not box.lock():
         return 2
-    was_running = sandbox.status(cfg)["all_running"]
     code = 2
     summary = None
     try:
         OUT.say(f"bench_parity: ROWS={args.rows:,} repeat={args.repeat} sandbox={cfg.sandbox_dir} "
                 f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}", style="bold")
-        start_sandbox(cfg)
+        box.start()
         load(cfg, args.rows)
         planted = plant(cfg, args.rows)
         OUT.say("planted on the subscriber: " + ", ".join(f"{kind} id={key}" for key, kind in sorted(planted.items())))
@@ -588,34 +556,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         OUT.say(f"bench_parity: error: {exc}", style="bold red")
         code = 2
     finally:
-        # Ignore further Ctrl-C while tearing down; pg_ctl runs with the same disposition.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.keep:
-            OUT.say(f"--keep: sandbox left running; stop it with: SANDBOX_DIR={cfg.sandbox_dir} "
-                    f"SANDBOX_PRIMARY_PORT={cfg.primary_port} SANDBOX_STANDBY_PORT={cfg.standby_port} "
-                    f"SANDBOX_SUBSCRIBER_PORT={cfg.subscriber_port} scripts/sandbox down")
-        elif was_running:
-            OUT.say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; left it running")
-        else:
-            failed = stop_sandbox(cfg, "bench_parity")
-            code = code or failed
+        # Further Ctrl-C is ignored while tearing down; pg_ctl runs with the same disposition.
+        failed = box.finish(keep=args.keep)
+        code = code or failed  # the teardown runs whatever the outcome
     if summary:
         print(summary, flush=True)
     return code
-
-
-def stop_sandbox(cfg, prog: str) -> int:
-    """Tear the benchmark's sandbox down; 0 when done, 2 when it could not be."""
-    try:
-        with OUT.status("tearing the sandbox down"):
-            gone = sandbox.down(cfg)
-        if gone["removed"]:
-            OUT.say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone['stopped']) or 'nothing running'}) and removed")
-    except sandbox.SandboxError as exc:
-        OUT.say(f"{prog}: could not tear the sandbox down: {exc}", style="bold red")
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

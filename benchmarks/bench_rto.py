@@ -51,8 +51,6 @@ benchmark never touches another sandbox; the other ``SANDBOX_*`` settings
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -60,7 +58,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -69,6 +66,7 @@ for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".coll
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
 import sandbox  # noqa: E402  (scripts/sandbox.py)
 
 DEFAULT_ROWS = 1_000_000
@@ -110,15 +108,9 @@ def say(message: str) -> None:
 
 def bench_config() -> "sandbox.Config":
     """The benchmark's own sandbox: own dir and ports, never the demo's or the tests'."""
-    environ = {k: v for k, v in os.environ.items()
-               if k.startswith("SANDBOX_") and k not in ("SANDBOX_DIR", "SANDBOX_KUBE_PORT")
-               and not k.endswith("_PORT")}
-    environ["SANDBOX_DIR"] = os.environ.get("BENCH_RTO_SANDBOX_DIR") or DEFAULT_SANDBOX_DIR
     base = int(os.environ.get("BENCH_RTO_PORT_BASE") or DEFAULT_PORT_BASE)
-    for offset, node in enumerate(sandbox.NODES):
-        environ[sandbox.Config.ENV_VARS[f"{node}_port"]] = str(base + offset)
-    environ[sandbox.Config.ENV_VARS["app_port"]] = str(base + APP_PORT_OFFSET)
-    return sandbox.Config.from_env(environ)
+    return benchsandbox.config("BENCH_RTO_SANDBOX_DIR", DEFAULT_SANDBOX_DIR, benchsandbox.based_ports(base),
+                               app_port=base + APP_PORT_OFFSET, drop_env_ports=True)
 
 
 def sandbox_environ(cfg) -> Dict[str, str]:
@@ -173,19 +165,15 @@ def scalar(cfg, query: str, params=None, node: str = "primary", superuser: bool 
         conn.close()
 
 
-def start_sandbox(cfg, wait: float = 70.0) -> None:
-    """sandbox.up(), retried for a while when a port is busy (TIME_WAIT of an ephemeral source port)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            say("starting the sandbox (kubesim, primary on its PVC, standby, subscriber)")
-            sandbox.up(cfg)
-            return
-        except sandbox.SandboxConflict as exc:
-            if time.monotonic() >= deadline:
-                raise
-            say(f"{exc} -- retrying in 5s (until {wait:.0f}s have passed)")
-            time.sleep(5)
+def remove_state(cfg, gone: dict) -> None:
+    """The drills' state (audit log, run records, baselines, reports) lived in the sandbox; the reports were
+    copied to the log directory."""
+    state_dir = os.path.join(cfg.sandbox_dir, "state")
+    if os.path.isdir(state_dir):
+        shutil.rmtree(state_dir)
+    if os.path.isdir(cfg.sandbox_dir) and not os.listdir(cfg.sandbox_dir):
+        os.rmdir(cfg.sandbox_dir)
+        gone["removed"] = True
 
 
 def install_demo_app(cfg) -> None:
@@ -325,21 +313,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
 
     cfg = bench_config()
-    lock_path = os.path.join(tempfile.gettempdir(), "bench_rto-%s.lock" % hashlib.sha1(cfg.sandbox_dir.encode()).hexdigest()[:12])
-    lock = open(lock_path, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"bench_rto: another bench_rto run is using {cfg.sandbox_dir} (lock {lock_path})", file=sys.stderr)
+    box = benchsandbox.BenchSandbox("bench_rto", cfg, say)
+    if not box.lock():
         return 2
-    was_running = sandbox.status(cfg)["all_running"]
     code = 2
     summary = None
     reports: List[dict] = []
     try:
         say(f"bench_rto: ROWS={args.rows:,} RUNS={args.runs} faults={','.join(faults)} sandbox={cfg.sandbox_dir} "
             f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port} app {cfg.app_port}")
-        start_sandbox(cfg)
+        box.start(what="kubesim, primary on its PVC, standby, subscriber")
         install_demo_app(cfg)
         grow_orders(cfg, args.rows)
         log_dir = os.path.join(RESULTS_DIR, "rto-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
@@ -402,30 +385,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         say(f"bench_rto: error: {exc}")
         code = 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.keep:
-            say(f"--keep: sandbox left running; stop it with: SANDBOX_DIR={cfg.sandbox_dir} "
-                f"SANDBOX_PRIMARY_PORT={cfg.primary_port} SANDBOX_STANDBY_PORT={cfg.standby_port} "
-                f"SANDBOX_SUBSCRIBER_PORT={cfg.subscriber_port} SANDBOX_APP_PORT={cfg.app_port} scripts/sandbox down")
-        elif was_running:
-            say(f"the sandbox in {cfg.sandbox_dir} was already running before this run; left it running")
-        else:
-            try:
-                gone = sandbox.down(cfg)
-                # The drills' state (audit log, run records, baselines, reports) lived in the
-                # sandbox; the reports were copied to the log directory.
-                state_dir = os.path.join(cfg.sandbox_dir, "state")
-                if os.path.isdir(state_dir):
-                    shutil.rmtree(state_dir)
-                if os.path.isdir(cfg.sandbox_dir) and not os.listdir(cfg.sandbox_dir):
-                    os.rmdir(cfg.sandbox_dir)
-                    gone["removed"] = True
-                if gone.get("removed"):
-                    say(f"sandbox {cfg.sandbox_dir} stopped ({', '.join(gone.get('stopped') or []) or 'nothing running'}) and removed")
-            except sandbox.SandboxError as exc:
-                say(f"bench_rto: could not tear the sandbox down: {exc}")
-                code = code or 2
+        failed = box.finish(keep=args.keep, hint_extra=f" SANDBOX_APP_PORT={cfg.app_port}",
+                            after_down=lambda gone: remove_state(cfg, gone))
+        code = code or failed  # the teardown runs whatever the outcome
     if summary:
         print(summary, flush=True)
     return code

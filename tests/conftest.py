@@ -10,7 +10,8 @@
 Fixture settings (environment):
 
 ``SANDBOX_TEST_PORT_BASE``  primary port; standby = base+1, subscriber = base+2
-                            (default 55430).
+                            (default 55430; pytest-xdist worker gwN adds 100*N and
+                            suffixes the directory with -gwN).
 ``SANDBOX_TEST_DIR``        sandbox directory (default ``<repo>/.sandbox/pytest``);
                             ``SANDBOX_DIR`` is honoured too unless it points at the
                             developer sandbox ``<repo>/.sandbox`` (as it does after
@@ -42,12 +43,18 @@ def sandbox_test_config(environ: Optional[Dict[str, str]] = None) -> "sandbox_li
     """Config for the dedicated test sandbox (own dir and ports)."""
     environ = dict(os.environ if environ is None else environ)
     base = int(environ.get("SANDBOX_TEST_PORT_BASE") or DEFAULT_TEST_PORT_BASE)
+    # Under pytest-xdist every worker has a session sandbox of its own: gw1 gets base+100 and its own directory.
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    worker_index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    base += 100 * worker_index
     for offset, node in enumerate(sandbox_lib.NODES):
         environ[sandbox_lib.Config.ENV_VARS[f"{node}_port"]] = str(base + offset)
     environ["SANDBOX_APP_PORT"] = str(base + 5)
     test_dir = environ.get("SANDBOX_TEST_DIR") or environ.get("SANDBOX_DIR") or ""
     if not test_dir or os.path.abspath(test_dir) == os.path.abspath(sandbox_lib.DEFAULT_SANDBOX_DIR):
         test_dir = os.path.join(sandbox_lib.DEFAULT_SANDBOX_DIR, "pytest")
+    if worker_index:
+        test_dir = "%s-%s" % (test_dir.rstrip("/"), worker)
     environ["SANDBOX_DIR"] = test_dir
     return sandbox_lib.Config.from_env(environ)
 

@@ -11,6 +11,9 @@ Record format (version 1 of roles/README.md, plus the chain fields)::
      "inputs_digest": "sha256:...", "details": {...}, "error": null,
      "prev_hash": "<hash of record 6, or 64 zeros for record 1>", "hash": "<64 hex>", "hmac": "<64 hex>"}
 
+An appender may add ``figures`` (the stage's key figures, module_utils/metrics.py) after ``details``;
+records without it are unchanged.
+
 ``hash`` is SHA-256 over the canonical JSON of the record without ``hash`` and
 ``hmac`` (keys sorted, separators ``,`` and ``:``, UTF-8, no ASCII escaping,
 no NaN/Infinity); ``hmac`` (optional) is HMAC-SHA256 with a key kept outside
@@ -76,7 +79,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Field order of a stored record (readability only: hashes are over sorted keys).
 FIELDS = (
     "v", "seq", "time", "run", "playbook", "stage", "release", "outcome", "actor", "awx_job_id",
-    "started_at", "ended_at", "seconds", "changed", "inputs_digest", "details", "error",
+    "started_at", "ended_at", "seconds", "changed", "inputs_digest", "details", "figures", "error",
     "prev_hash", "hash", "hmac",
 )
 UNHASHED = ("hash", "hmac")
@@ -266,11 +269,12 @@ def default_actor(environ=None, hostname=None):
 
 def new_entry(stage, outcome="ok", run=None, playbook=None, release=None, actor=None, job_id=None,
               started_at=None, ended_at=None, seconds=None, changed=False, details=None, error=None,
-              inputs=None, now=None, environ=None):
+              inputs=None, now=None, environ=None, figures=None):
     """The record's content before chaining (no seq/prev_hash/hash), and the secret key paths dropped.
 
     ``time`` is ``now`` (UTC). ``ended_at`` defaults to ``time`` when ``started_at`` is given, and
     ``seconds`` to their difference. Secret-named keys of ``details`` and ``error`` are dropped.
+    ``figures`` (the key figures of the stage, module_utils/metrics.py) is stored only when given.
     """
     if not isinstance(stage, str) or not stage.strip():
         raise AuditError("stage must be a non-empty name (preflight, snapshot, migrate, deploy, verify, rollback, run, ...)")
@@ -280,6 +284,8 @@ def new_entry(stage, outcome="ok", run=None, playbook=None, release=None, actor=
         raise AuditError("details must be a dict, got %s" % type(details).__name__)
     if inputs is not None and not isinstance(inputs, dict):
         raise AuditError("inputs must be a dict, got %s" % type(inputs).__name__)
+    if figures is not None and not isinstance(figures, dict):
+        raise AuditError("figures must be a dict, got %s" % type(figures).__name__)
     if error is not None and not isinstance(error, (str, dict, list)):
         raise AuditError("error must be a string, a dict or a list, got %s" % type(error).__name__)
     now = now or utc_now()
@@ -312,6 +318,8 @@ def new_entry(stage, outcome="ok", run=None, playbook=None, release=None, actor=
         "details": clean_details,
         "error": clean_error,
     }
+    if figures is not None:
+        entry["figures"] = figures
     canonical_json(entry)  # refuse NaN and the like now, with the message, not half-way through a write
     return entry, dropped + dropped_error
 

@@ -119,12 +119,20 @@ def spec_sha256(backfill):
 
 
 def check_fragments(backfill):
-    """Parse ``set``/``where`` with pglast: each must fit one UPDATE statement (clear error otherwise)."""
+    """Parse ``set``/``where`` with pglast: each must fit one UPDATE statement (clear error otherwise); the
+    table and key must be well-formed names (their existence is checked after the up script ran)."""
     from ansible_collections.stateful.rollback.plugins.module_utils import compat_static
 
+    try:
+        split_qualified_name(backfill.table)
+    except PostgresError as exc:
+        raise BackfillError("backfill table: %s" % exc)
+    parse_column(backfill.key)
     if not compat_static.HAS_PGLAST:
         return
-    text = "UPDATE t SET %s WHERE (%s)" % (backfill.set, backfill.where or "true")
+    # The batch UPDATE with sentinels for its key range: a fragment that ends in a comment, closes a parenthesis
+    # it did not open or carries its own WHERE cannot keep both sentinels AND-ed around itself.
+    text = "UPDATE t SET %s\nWHERE __batch_lower AND (%s\n) AND __batch_upper" % (backfill.set, backfill.where or "true")
     try:
         raws = compat_static.pglast.parse_sql(text)
     except compat_static.pglast.parser.ParseError as exc:
@@ -132,6 +140,22 @@ def check_fragments(backfill):
                             % (backfill.table, exc.args[0]))
     if len(raws) != 1 or type(raws[0].stmt).__name__ != "UpdateStmt":
         raise BackfillError("backfill set/where must be fragments of one UPDATE statement, found %d statements" % len(raws))
+    if not _keeps_batch_range(raws[0].stmt.whereClause):
+        raise BackfillError("backfill set/where must not reach outside their place in 'UPDATE %s SET <set> WHERE <key range> "
+                            "AND (<where>)': an unbalanced parenthesis or an OR at their top level would drop the key range "
+                            "of every batch" % backfill.table)
+
+
+def _keeps_batch_range(where):
+    """Whether the parsed WHERE of check_fragments' text is ``__batch_lower AND (...) AND __batch_upper``."""
+    def sentinel(node):
+        fields = getattr(node, "fields", None) or ()
+        return type(node).__name__ == "ColumnRef" and len(fields) == 1 and getattr(fields[0], "sval", None)
+
+    if type(where).__name__ != "BoolExpr" or getattr(where.boolop, "name", where.boolop) not in ("AND_EXPR", 0):
+        return False
+    args = where.args or ()
+    return len(args) >= 3 and sentinel(args[0]) == "__batch_lower" and sentinel(args[-1]) == "__batch_upper"
 
 
 # -- the table -------------------------------------------------------------------------
@@ -224,7 +248,8 @@ def update_query(target, backfill, first):
     """The batch: UPDATE of one key range, rows matching ``where`` only."""
     lower = sql.SQL("{} IS NOT NULL").format(target.key_ident) if first else \
         sql.SQL("{} > {}").format(target.key_ident, target.cast())
-    return sql.SQL("UPDATE {rel} SET {set} WHERE {lower} AND {key} <= {cast} AND ({where})").format(
+    # Each fragment ends a line: a trailing "-- comment" in it cannot comment out the key range (check_fragments).
+    return sql.SQL("UPDATE {rel} SET {set}\nWHERE {lower} AND {key} <= {cast} AND ({where}\n)").format(
         rel=target.rel, set=fragment(backfill.set), lower=lower, key=target.key_ident, cast=target.cast(),
         where=fragment(backfill.where) if backfill.where else sql.SQL("true"),
     )
@@ -233,7 +258,7 @@ def update_query(target, backfill, first):
 def remaining_query(target, backfill, first, use_where=True):
     after = sql.SQL("{} IS NOT NULL").format(target.key_ident) if first else \
         sql.SQL("{} > {}").format(target.key_ident, target.cast())
-    return sql.SQL("SELECT 1 FROM {rel} WHERE {after} AND ({where})").format(
+    return sql.SQL("SELECT 1 FROM {rel} WHERE {after} AND ({where}\n)").format(
         rel=target.rel, after=after, where=fragment(backfill.where) if backfill.where and use_where else sql.SQL("true"))
 
 

@@ -16,7 +16,7 @@ Validation is the JSON Schema of manifest_schema.py (published as
 meta/release.schema.json) plus what a schema cannot say: unique migration
 ids and workloads, and the SQL files a migration names (relative, inside the
 manifest's directory after symlinks are resolved, regular, at most 10 MiB,
-UTF-8).
+UTF-8, and SQL that PostgreSQL's parser accepts when pglast is installed).
 
 The manifest digest is ``sha256:`` + SHA-256 of the canonical JSON (sorted
 keys, no spaces) of the parsed manifest in which every file reference is
@@ -410,7 +410,25 @@ def _read_script(path_parts, relpath, base_real, problems):
         return refuse("%s is not UTF-8 text (byte 0x%02x at offset %d)" % (_show(relpath), raw[exc.start], exc.start))
     if not text.strip():
         return refuse("%s is empty" % _show(relpath))
+    problem = _syntax_problem(text)
+    if problem:
+        return refuse("%s is not valid SQL: %s" % (_show(relpath), problem))
     return Script(path=real, relpath=relpath, sql=text, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _syntax_problem(text):
+    """The parser's complaint about ``text`` ("syntax error at line N: ..."), or None (also without pglast)."""
+    from ansible_collections.stateful.rollback.plugins.module_utils import compat_static
+
+    if not compat_static.HAS_PGLAST:
+        return None
+    try:
+        statements = compat_static.parse_sql(text)
+    except compat_static.CompatError as exc:
+        return str(exc)
+    if not statements:
+        return "it contains no SQL statement (only comments or semicolons)"
+    return None
 
 
 # --- semantic checks -------------------------------------------------------------------
@@ -565,6 +583,8 @@ def load_release(path):
     _require_libraries()
     if not isinstance(path, str) or not path:
         raise ManifestError("release manifest path must be a non-empty string, got %r" % (path,))
+    if "\x00" in path:
+        raise ManifestError("release manifest path %r holds a NUL byte" % (path[:80],))
     full = os.path.abspath(os.path.expanduser(path))
     try:
         info = os.stat(full)

@@ -902,6 +902,13 @@ def run(params, release=None, check_mode=False, progress=None, sleep=time.sleep,
                 for entry in result["plan"]:
                     result["diff"]["after"][entry["migration"]] = "would run %s %s" % (entry["direction"], entry["phase"])
             return _finish(runner, result)
+        # Every script of the direction (and every backfill's set/where) parses and is allowed before the journal
+        # is created or locked: bad release content changes nothing.
+        for migration in release.migrations:
+            if (migration.down if state == "reverted" else migration.up) is not None:
+                plan_script(migration, "down" if state == "reverted" else "up", server_version)
+            if state != "reverted" and runner.has_backfill(migration):
+                bf.check_fragments(migration.backfill)
         runner.acquire_lock()
         created = runner.journal.ensure(runner.conn)
         runner.changed = runner.changed or created

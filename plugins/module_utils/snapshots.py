@@ -69,6 +69,111 @@ WORKLOAD_KINDS = ("StatefulSet", "Deployment")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME_PREFIX = re.compile(r"^[a-z0-9][-a-z0-9.]*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_SELECTOR_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_SELECTOR_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?"
+_SELECTOR_TERM = re.compile(r"^\s*(?:!?\s*{k}|{k}\s*(?:==|!=|=)\s*{v}|{k}\s+(?:in|notin)\s*\(\s*{v}(?:\s*,\s*{v})*\s*\))\s*$".format(
+    k=_SELECTOR_KEY, v=_SELECTOR_VALUE))
+DNS_LABEL_HELP = "at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+DNS_SUBDOMAIN_HELP = "at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+
+
+def _quoted(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def name_problem(option, value, label=False):
+    """Why ``value`` is not a valid Kubernetes object name (a DNS-1123 label when ``label``), or None."""
+    pattern, limit, help_text = (_DNS_LABEL, 63, DNS_LABEL_HELP) if label else (_DNS_SUBDOMAIN, 253, DNS_SUBDOMAIN_HELP)
+    if not isinstance(value, str):
+        return "%s must be a name (a string), got %s" % (option, type(value).__name__)
+    if len(value) > limit:
+        return "%s is %d characters long, over the limit of %d for a Kubernetes %s" % (
+            option, len(value), limit, "namespace" if label else "object name")
+    if not pattern.match(value):
+        return "%s %s is not a valid Kubernetes %s: %s" % (option, _quoted(value), "namespace" if label else "name", help_text)
+    return None
+
+
+def label_problems(option, labels):
+    """Why the keys and values of ``labels`` are not valid Kubernetes labels (a list, empty when valid)."""
+    out = []
+    for key, value in (labels or {}).items():
+        prefix, _slash, name = str(key).rpartition("/")
+        if (not isinstance(key, str) or not _LABEL_NAME.match(name) or len(name) > 63
+                or (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or (_slash and not prefix)):
+            out.append("%s key %s is not a valid label key: an optional DNS subdomain prefix and '/', then at most 63 "
+                       "letters, digits, '-', '_' and '.', starting and ending with a letter or digit" % (option, _quoted(key)))
+        elif not isinstance(value, str):
+            out.append("%s[%s] must be a string, got %s" % (option, key, type(value).__name__))
+        elif len(value) > 63 or not _LABEL_VALUE.match(value):
+            out.append("%s[%s] %s is not a valid label value: at most 63 letters, digits, '-', '_' and '.', starting and "
+                       "ending with a letter or digit" % (option, key, _quoted(value)))
+    return out
+
+
+def selector_problem(option, value):
+    """Why ``value`` is not a label selector (key=value, key!=value, key in (a,b), key notin (a), key, !key), or None."""
+    if not isinstance(value, str) or not value.strip():
+        return "%s must be a non-empty label selector such as app=db" % option
+    terms, depth, start = [], 0, 0
+    for index, char in enumerate(value):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(value[start:index])
+            start = index + 1
+    terms.append(value[start:])
+    bad = [term for term in terms if not _SELECTOR_TERM.match(term)]
+    if bad:
+        return "%s %s is not a valid label selector: %s is not key=value, key!=value, key in (v1,v2), key notin (v1), " \
+               "key or !key" % (option, _quoted(value), _quoted(bad[0].strip()))
+    return None
+
+
+def invalid_params(params):
+    """Every Kubernetes name, label and selector option of pvc_snapshot / pvc_snapshot_info that the API would refuse.
+
+    Checked before the first API request, so bad input fails with the option's name and touches nothing.
+    """
+    out = []
+    # ansible-core's required_if counts an option given as null as given.
+    needs = {"present": (("pvcs", "pvc_selector"), ("name", "name_prefix")), "restored": (("name",), ("target_pvc",)),
+             "absent": (("name", "snapshot_selector"),), "pruned": (("snapshot_selector",),)}
+    for options in needs.get(params.get("state"), ()):
+        if all(params.get(option) in (None, []) for option in options):
+            out.append("state=%s needs %s" % (params["state"], " or ".join(options)))
+    if params.get("namespace") is not None:
+        out.append(name_problem("namespace", params["namespace"], label=True))
+    for option in ("name", "target_pvc", "volume_snapshot_class", "storage_class"):
+        if params.get(option) is not None:
+            out.append(name_problem(option, params[option]))
+    for option in ("pvcs", "protect"):
+        for index, value in enumerate(params.get(option) or []):
+            out.append(name_problem("%s[%d]" % (option, index), value))
+    if params.get("workload"):
+        out.append(name_problem("workload.name", params["workload"].get("name")))
+    prefix = params.get("name_prefix")
+    if prefix is not None:
+        if not isinstance(prefix, str) or not _NAME_PREFIX.match(prefix) or len(prefix) > 252:
+            out.append("name_prefix %s is not a valid start of a Kubernetes name: at most 252 lowercase letters, digits, "
+                       "'-' and '.', starting with a letter or digit" % _quoted(prefix))
+    for option in ("pvc_selector", "snapshot_selector"):
+        if params.get(option) is not None:
+            out.append(selector_problem(option, params[option]))
+    out.extend(label_problems("labels", params.get("labels")))
+    if params.get("size") not in (None, ""):
+        try:
+            if parse_quantity(params["size"]) <= 0:
+                out.append("size must be a positive quantity such as 10Gi, got %s" % _quoted(params["size"]))
+        except (K8sError, ValueError, OverflowError):
+            out.append("size %s is not a Kubernetes quantity such as 10Gi or 500M" % _quoted(params["size"]))
+    return [problem for problem in out if problem]
+
+
 def _meta(obj):
     return obj.get("metadata") or {}
 
@@ -276,6 +381,9 @@ class Runner:
         for pvc in pvcs:
             pvc_name = _meta(pvc)["name"]
             snap_name = self.p["name"] if self.p.get("name") else "%s%s" % (self.p["name_prefix"], pvc_name)
+            problem = name_problem("name_prefix + PVC name", snap_name)
+            if problem:
+                raise K8sError("%s; choose a shorter name_prefix" % problem)
             existing = self.get_snapshot(snap_name)
             if existing is not None:
                 source = ((existing.get("spec") or {}).get("source") or {})

@@ -21,7 +21,11 @@ description:
   - "The record is format version 1 of the audit role (C(roles/README.md)) with the chain fields added: C(v), C(seq),
     C(time) (UTC, set by the module), C(run), C(playbook), C(stage), C(release), C(outcome), C(actor), C(awx_job_id),
     C(started_at), C(ended_at), C(seconds), C(changed), C(inputs_digest), C(details), C(error), C(prev_hash), C(hash)
-    and, with O(hmac_key), C(hmac)."
+    and, with O(hmac_key), C(hmac). With O(figures) or O(figures_from_details), also C(figures) (after C(details)):
+    the stage's key figures, which make the record a structured event of the stage (stage, release, start, end,
+    duration, outcome, figures)."
+  - O(metrics_textfile) also exports the stage as Prometheus gauges to a node_exporter textfile-collector file,
+    merged with the series already in it and replaced atomically.
   - C(hash) is the SHA-256 of the canonical JSON of the record without C(hash) and C(hmac) (keys sorted, separators
     C(,) and C(:), UTF-8 without ASCII escaping, no NaN or Infinity). C(hmac) is the HMAC-SHA256 of the same bytes
     with O(hmac_key). Both can be recomputed in any language from the stored line or row.
@@ -151,6 +155,42 @@ options:
       - With O(state=verified), every record must carry a matching C(hmac). Without it, a signed chain is verified by
         its hashes only (RV(hmac_checked) false).
     type: str
+  figures:
+    description:
+      - Key figures of the stage, stored in the record as C(figures) and exported by O(metrics_textfile). Numbers
+        C(rows_compared), C(rows_backfilled), C(snapshot_bytes), C(rto_seconds) (any other name with a number is
+        stored too), and per replica (a dict of replica name to number) C(replica_lag_bytes) and
+        C(parity_differences).
+      - Merged over the figures O(figures_from_details) derives (these win).
+    type: dict
+  figures_from_details:
+    description:
+      - Derive the key figures from O(details) as the roles record them - C(replica_lag_bytes) from every
+        C(replicas) list whose items carry C(name) and C(lag_bytes); C(parity_differences) per replica from
+        C(details.parity) (C(all) when only its total C(difference_count) is known); C(rows_compared) and
+        C(rows_backfilled) (C(rows_backfilled) or C(rows_processed)) summed at any depth; C(snapshot_bytes) for stages
+        named C(snapshot*) (C(snapshot_bytes), C(restore_size_bytes), C(restore_size) or C(size_bytes); Kubernetes
+        quantities such as C(2Gi) are read as bytes); C(rto_seconds) from C(details.rto_seconds), or
+        C(details.seconds) of the stage C(rollback). The stage C(run) (a summary of the others) has none.
+      - The record then always carries C(figures), empty when nothing was found.
+    type: bool
+    default: false
+  metrics_textfile:
+    description:
+      - A Prometheus textfile-collector file (a name ending in C(.prom), in the directory node_exporter reads with
+        C(--collector.textfile.directory)) to export the stage to, as gauges -
+        C(stateful_rollback_stage_duration_seconds{stage,release,outcome}) (the record's C(seconds)),
+        C(stateful_rollback_rto_seconds{kind,release}) (C(kind) C(rollback) for the rollback stages, else the stage,
+        e.g. C(drill)), C(stateful_rollback_replica_lag_bytes{replica}) and
+        C(stateful_rollback_parity_differences{stage,release,replica}) from the figures.
+      - The file is read, the stage's series replace those with the same name and labels, every other series and
+        family in it is kept (earlier stages, other runs, other tools), and the result replaces the file atomically
+        (a temporary file in the same directory, C(fsync), C(rename)) under an exclusive lock on the hidden sibling
+        C(.<name>.lock), mode C(0644). Missing parent directories are created.
+      - Needs the Python library C(prometheus_client) on the host the module runs on.
+      - Written after the record is appended; a failure to write it is a warning and C(error) in RV(metrics), not a failure
+        (the record is already in the log, and a retried task would append it twice). Not written in check mode.
+    type: path
   missing_ok:
     description:
       - With O(state=verified), accept a store that does not exist yet (a file or table never appended to) as a valid
@@ -231,6 +271,20 @@ EXAMPLES = r"""
     login_password: "{{ deployer_password }}"
     login_db: app
   delegate_to: localhost
+
+- name: Record the verify stage as an event with its key figures, and export it to Prometheus
+  stateful.rollback.audit_log:
+    path: /var/lib/stateful-rollback/audit-log.jsonl
+    run: "{{ stateful_rollback_run.id }}"
+    stage: verify
+    release: 2.1.0
+    started_at: "2026-11-25T16:20:00.000Z"
+    details:
+      parity: {in_sync: true, difference_count: 0}
+    figures_from_details: true
+    figures: {rows_compared: 6000}
+    metrics_textfile: /var/lib/node_exporter/textfile_collector/stateful_rollback.prom
+  changed_when: false
 
 - name: Prove nobody changed the log
   stateful.rollback.audit_log:
@@ -317,6 +371,24 @@ stripped:
   type: list
   elements: str
   sample: ["details.db.login_password"]
+figures:
+  description:
+    - The key figures stored in the record (O(figures) over those derived with O(figures_from_details)).
+  returned: when state is appended and figures or figures_from_details is set
+  type: dict
+  sample: {replica_lag_bytes: {standby: 0, subscriber: 120}, rows_backfilled: 1000}
+metrics:
+  description:
+    - What was exported to O(metrics_textfile) - C(path), C(samples) (the stage's series), C(series) (all series now
+      in the file, null when it was not written) and C(error) (why it was not written, else null).
+  returned: when state is appended and metrics_textfile is set
+  type: dict
+  sample:
+    path: /var/lib/node_exporter/textfile_collector/stateful_rollback.prom
+    samples:
+      - {name: stateful_rollback_stage_duration_seconds, labels: {stage: verify, release: 2.1.0, outcome: ok}, value: 3.2}
+    series: 14
+    error: null
 created:
   description: Whether the file or table was (or in check mode would be) created by this append, per store.
   returned: when state is appended
@@ -387,15 +459,16 @@ from ansible_collections.stateful.rollback.plugins.module_utils.postgres import 
 
 try:
     from ansible_collections.stateful.rollback.plugins.module_utils import audit
+    from ansible_collections.stateful.rollback.plugins.module_utils import metrics
 
     AUDIT_IMP_ERR = None
 except ImportError:  # pragma: no cover - only with a broken installation
-    audit = None
+    audit = metrics = None
     AUDIT_IMP_ERR = traceback.format_exc()
 
 OUTCOMES = ["ok", "failed", "skipped", "compensated", "approved", "refused"]
 APPEND_ONLY = ("stage", "outcome", "run", "playbook", "release", "actor", "awx_job_id", "started_at", "ended_at",
-               "seconds", "changed", "details", "error", "inputs")
+               "seconds", "changed", "details", "error", "inputs", "figures", "figures_from_details", "metrics_textfile")
 NO_LOG_SHOWN = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
 
@@ -420,6 +493,9 @@ def argument_spec():
         details=dict(type="dict"),
         error=dict(type="raw"),
         inputs=dict(type="dict"),
+        figures=dict(type="dict"),
+        figures_from_details=dict(type="bool", default=False),
+        metrics_textfile=dict(type="path"),
         hmac_key=dict(type="str", no_log=True),
         missing_ok=dict(type="bool", default=False),
     )
@@ -481,6 +557,32 @@ def validate(module, out):
         out.fail(msg="hmac_key must not be empty (leave it out to append unsigned records)")
     if params.get("path") is not None and not params["path"].strip():
         out.fail(msg="path must not be empty")
+    if params.get("path") is not None and "\x00" in params["path"]:
+        out.fail(msg="path must not contain a NUL byte")
+    if store in ("file", "both") and params.get("path") is None:
+        out.fail(msg="path is required with store=%s" % store)
+    if state == "appended" and metrics is not None:
+        try:
+            if params.get("figures") is not None:
+                metrics.check_figures(params["figures"])
+            if params.get("metrics_textfile") is not None:
+                metrics.check_textfile(params["metrics_textfile"])
+        except metrics.MetricsError as exc:
+            if not metrics.HAS_PROMETHEUS_CLIENT and params.get("metrics_textfile") is not None:
+                out.fail(msg=missing_required_lib("prometheus_client"), exception=metrics.PROMETHEUS_CLIENT_IMP_ERR)
+            out.fail(msg=str(exc))
+
+
+def figures_of(module):
+    """The figures to store (None: the record has no ``figures``)."""
+    params = module.params
+    if params.get("figures") is None and not params["figures_from_details"]:
+        return None
+    figures = {}
+    if params["figures_from_details"]:
+        figures.update(metrics.stage_figures(params.get("stage") or "", params.get("details") or {}))
+    figures.update(params.get("figures") or {})
+    return figures
 
 
 def entry_from(module):
@@ -500,6 +602,7 @@ def entry_from(module):
         details=params.get("details"),
         error=params.get("error"),
         inputs=params.get("inputs"),
+        figures=figures_of(module),
     )
 
 
@@ -527,12 +630,34 @@ def appended(module, stores, result):
     main = per_store.get("table") or per_store["file"]
     result.update(changed=True, record=main["record"], seq=main["seq"], hash=main["hash"], stripped=stripped,
                   created=created, stores=per_store)
+    if "figures" in entry:
+        result["figures"] = entry["figures"]
+    if module.params.get("metrics_textfile") is not None:
+        result["metrics"] = export(module, main["record"])
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = {
             "before": {name: s["previous"] or {} for name, s in per_store.items()},
             "after": {name: {"seq": s["seq"], "hash": s["hash"]} for name, s in per_store.items()},
         }
     return result
+
+
+def export(module, record):
+    """Merge the record's series into metrics_textfile; a failure is a warning (the record is already appended)."""
+    path = module.params["metrics_textfile"]
+    samples = metrics.series(record["stage"], record.get("release"), record.get("outcome"), record.get("seconds"),
+                             record.get("figures"))
+    out = {"path": path, "samples": [{"name": n, "labels": labels, "value": v} for n, labels, v in samples],
+           "series": None, "error": None}
+    if module.check_mode:
+        out["error"] = "not written in check mode"
+        return out
+    try:
+        out["series"] = metrics.merge_textfile(path, samples)
+    except metrics.MetricsError as exc:
+        out["error"] = str(exc)
+        module.warn("the audit record was appended, but the metrics were not exported: %s" % exc)
+    return out
 
 
 def verified(module, stores, result, out):

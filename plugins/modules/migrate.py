@@ -53,6 +53,9 @@ description:
     backfill killed at any moment resumes right after its last committed batch: no row is updated twice, none is
     skipped. Row locks are held for one batch only; RV(max_batch_ms) reports the longest. The key must have an index
     whose first column it is, and a type of smallint, integer, bigint, numeric, text, varchar, char or uuid.
+    C(set) and C(where) are parsed (pglast) before the journal is touched: each must stay a fragment of that one
+    UPDATE, so a second statement, an unbalanced parenthesis or a top-level C(OR) that would drop the key range is
+    refused; each ends a line of the batch statement, so a trailing C(-- comment) in it is harmless.
     C(max_rows_per_second) limits the rate (a token bucket across batches). With C(max_replica_lag_bytes), before each
     batch the replay lag of the primary's streaming replicas (C(pg_stat_replication)) and the confirmed position of its
     active logical slots are measured, and the backfill waits, backing off, until the worst is under the threshold.

@@ -40,6 +40,9 @@ description:
   - O(state=pruned) keeps, among the snapshots matched by O(snapshot_selector), the newest O(keep) per source PVC and
     deletes the others, never those named in O(protect).
   - Transient API errors (HTTP 429 and 5xx, connection errors) are retried a few times with exponential backoff.
+  - "Names, labels and selectors the API server would refuse (a namespace that is not a DNS-1123 label of at most 63
+    characters, an object name that is not a DNS-1123 subdomain of at most 253, an invalid label key or value, a
+    malformed label selector) fail before the first API request, naming the option."
 author:
   - stateful.rollback maintainers (@stateful-rollback)
 extends_documentation_fragment:
@@ -424,7 +427,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.k8s import (
     connect,
     k8s_auth_argument_spec,
 )
-from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import run
+from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import invalid_params, run
 
 
 def argument_spec():
@@ -478,6 +481,10 @@ def main():
         module.fail_json(msg="workload is only used with state=restored")
     if module.params["wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout must not be negative, got %s" % module.params["wait_timeout"])
+    problems = invalid_params(module.params)
+    if problems:
+        # Before any API request: a name the API server would refuse changes nothing.
+        module.fail_json(msg="; ".join(problems))
     try:
         result = run(connect(module.params), module.params, check_mode=module.check_mode)
     except K8sError as exc:

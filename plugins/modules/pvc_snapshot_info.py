@@ -15,6 +15,9 @@ description:
   - Lists C(snapshot.storage.k8s.io/v1) VolumeSnapshots in a namespace (or in all namespaces), by name or label selector,
     with the PVC each was taken of, its size, content and whether it is ready to restore.
   - Transient API errors (HTTP 429 and 5xx, connection errors) are retried a few times with exponential backoff.
+  - "Names, labels and selectors the API server would refuse (a namespace that is not a DNS-1123 label of at most 63
+    characters, an object name that is not a DNS-1123 subdomain of at most 253, an invalid label key or value, a
+    malformed label selector) fail before the first API request, naming the option."
 author:
   - stateful.rollback maintainers (@stateful-rollback)
 extends_documentation_fragment:
@@ -118,7 +121,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.k8s import (
     connect,
     k8s_auth_argument_spec,
 )
-from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import info
+from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import invalid_params, info
 
 
 def argument_spec():
@@ -140,6 +143,10 @@ def main():
     )
     if not HAS_KUBERNETES:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
+    problems = invalid_params(module.params)
+    if problems:
+        # Before any API request: a name the API server would refuse changes nothing.
+        module.fail_json(msg="; ".join(problems))
     try:
         result = info(connect(module.params), module.params)
     except K8sError as exc:

@@ -18,7 +18,8 @@ description:
     Its JSON Schema is published in the collection as C(meta/release.schema.json).
   - "O(state=validated) reads and validates a manifest without any database and returns its summary and digest. Every
     problem is reported at once, each naming its field path, for example
-    C(app.workloads[0].containers.web: image 'demo:2.0' is not pinned by digest)."
+    C(app.workloads[0].containers.web: image 'demo:2.0' is not pinned by digest). SQL files that PostgreSQL's
+    parser (pglast) refuses are reported with the line of the syntax error."
   - The manifest digest is the SHA-256 of the manifest with every referenced SQL file replaced by its path and
     SHA-256, so editing a migration changes the digest.
   - The release ledger is the table C(release_ledger) in schema O(journal_schema) of the application's database,

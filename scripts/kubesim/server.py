@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-kubesim", "gitCom
            "buildDate": "2024-08-13T00:00:00Z", "goVersion": "go1.22.5", "compiler": "gc", "platform": "linux/amd64",
            "emulationMajor": "1", "emulationMinor": "31"}
 ADMIN_PREFIX = "/_kubesim"
+ANONYMOUS = "system:anonymous"
+REQUEST_LOG_SIZE = 100000
 
 
 class _Route:
@@ -47,6 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         if self.server.sim.verbose:
             sys.stderr.write("kubesim: %s %s\n" % (self.address_string(), format % args))
+
+    def send_response(self, code, message=None):
+        self.sent_code = code  # for the request log
+        super().send_response(code, message)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -109,9 +116,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = "/" + url.path.strip("/")
         query = parse_qs(url.query)
+        route = user = None
+        self.sent_code = None
         try:
             raw = self._read_body()
             if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+                route = "admin"
                 self._admin(method, path, raw)
                 return
             route = self._route(method, path, query)
@@ -135,6 +145,9 @@ class _Handler(BaseHTTPRequestHandler):
             if sim.verbose:
                 traceback.print_exc()
             self._send_json(500, status_body(500, "Internal error occurred: %s: %s" % (type(exc).__name__, exc)))
+        finally:
+            if route != "admin":
+                sim.record_request(method, path, route, user, self.sent_code)
 
     def _apply_fault(self, fault):
         sim = self.server.sim
@@ -407,8 +420,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"faults": sim.faults.list()})
         elif rest[0] == "tokens" and method == "POST":
             body = self._json(raw)
+            if not isinstance(body, dict) or not body.get("token") or not isinstance(body["token"], str):
+                raise ApiError(400, 'POST /_kubesim/tokens takes {"token": "...", "user": "...", "rules": [...]}')
             sim.add_token(body["token"], body.get("rules"), body.get("user"))
             self._send_json(201, {"token": body["token"]})
+        elif rest[0] == "anonymous" and method == "POST":
+            body = self._json(raw)
+            if not isinstance(body, dict):
+                raise ApiError(400, 'POST /_kubesim/anonymous takes {"rules": [...], "user": "..."}')
+            sim.allow_anonymous(body.get("rules") or [], body.get("user") or ANONYMOUS)
+            self._send_json(201, {"user": sim.anonymous["user"]})
+        elif rest[0] == "requests" and method == "GET":
+            self._send_json(200, {"recording": sim.request_log is not None, "requests": sim.requests()})
+        elif rest[0] == "requests" and method == "POST":
+            body = self._json(raw, required=False) or {}
+            sim.record_requests(bool(body.get("record", True)) if isinstance(body, dict) else True)
+            self._send_json(201, {"recording": sim.request_log is not None})
+        elif rest[0] == "requests" and method == "DELETE":
+            self._send_json(200, {"recording": sim.request_log is not None, "requests": sim.requests(clear=True)})
         elif rest[0] == "errors" and method == "GET":
             self._send_json(200, {"errors": list(sim.controllers.errors)})
         else:
@@ -449,6 +478,11 @@ class KubeSim:
         self.faults = Faults()
         self.controllers = Controllers(self, tick)
         self.tokens = {}
+        # Requests without a token once tokens exist: None = 401; else {"user", "rules"} (see allow_anonymous).
+        self.anonymous = None
+        # The request log (see record_requests): None = not recording.
+        self.request_log = None
+        self._log_lock = threading.Lock()
         # Optional authorizer(user, verb, resource, subresource, namespace, name) -> bool, consulted before token rules.
         self.authorizer = None
         self.stopping = threading.Event()
@@ -589,14 +623,55 @@ class KubeSim:
         """
         self.tokens[token] = {"user": user or "kubesim-user-%d" % (len(self.tokens) + 1), "rules": rules}
 
+    def allow_anonymous(self, rules, user=ANONYMOUS):
+        """Serve requests that carry no token (once tokens exist) as ``user`` with ``rules``, as an API server with
+        anonymous authentication does; ``rules=None`` allows everything. A request with an unknown token still gets 401."""
+        self.anonymous = {"user": user, "rules": rules}
+
     def authenticate(self, header):
         if not self.tokens:
             return {"user": "kubesim-admin", "rules": None}
         token = header[7:].strip() if header and header.lower().startswith("bearer ") else None
+        if token is None and self.anonymous is not None:
+            return self.anonymous
         entry = self.tokens.get(token) if token else None
         if entry is None:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         return entry
+
+    # -- request log ----------------------------------------------------------------------------
+    def record_requests(self, on=True):
+        """Start (or stop) keeping a log of API requests; :meth:`requests` returns it."""
+        with self._log_lock:
+            if not on:
+                self.request_log = None
+            elif self.request_log is None:
+                self.request_log = collections.deque(maxlen=REQUEST_LOG_SIZE)
+
+    def requests(self, clear=False):
+        """The logged requests, oldest first (dicts: time, user, method, path, verb, group, resource, subresource,
+        namespace, name, code; discovery requests have ``resource`` None). ``clear`` empties the log."""
+        with self._log_lock:
+            entries = list(self.request_log or ())
+            if clear and self.request_log is not None:
+                self.request_log.clear()
+        return entries
+
+    def record_request(self, method, path, route, user, code):
+        if self.request_log is None and not self.verbose:
+            return
+        res = getattr(route, "res", None)
+        entry = {"time": time.time(), "user": (user or {}).get("user"), "method": method, "path": path,
+                 "verb": getattr(route, "verb", None), "group": res.group if res else None,
+                 "resource": res.plural if res else None, "subresource": getattr(route, "sub", None),
+                 "namespace": getattr(route, "namespace", None), "name": getattr(route, "name", None), "code": code}
+        with self._log_lock:
+            if self.request_log is not None:
+                self.request_log.append(entry)
+        if self.verbose and res is not None:
+            sys.stderr.write("kubesim: %s %s %s %s/%s%s %s -> %d\n" % (
+                entry["user"], entry["verb"], res.group or "core", entry["namespace"] or "-", res.plural,
+                "/" + entry["subresource"] if entry["subresource"] else "", entry["name"] or "", code or 0))
 
     def authorize(self, user, route):
         res = route.res

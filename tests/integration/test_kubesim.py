@@ -666,6 +666,99 @@ def test_tokens_and_forbidden_verbs(tmp_path):
         assert http(guarded, "GET", "/api/v1/namespaces")[0] == 401
 
 
+RBAC_DOCS = [
+    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer", "namespace": "app"}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deployer", "namespace": "app"},
+     "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+               {"apiGroups": ["apps"], "resources": ["statefulsets/scale"], "verbs": ["patch"]},
+               {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["only-this"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer", "namespace": "app"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+     "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": "app"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "deployer-storage"},
+     "rules": [{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get"]},
+               {"nonResourceURLs": ["/version"], "verbs": ["get"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "deployer-storage"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "deployer-storage"},
+     "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": "app"}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "someone-else"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "deployer-storage"},
+     "subjects": [{"kind": "ServiceAccount", "name": "other", "namespace": "app"}]},
+]
+
+
+def test_rbac_manifests_become_token_rules():
+    from kubesim import rbac
+
+    assert rbac.token_rules(RBAC_DOCS, "app", "deployer") == [
+        {"verbs": ["get", "create"], "apiGroups": [""], "resources": ["configmaps"], "namespaces": ["app"]},
+        {"verbs": ["patch"], "apiGroups": ["apps"], "resources": ["statefulsets/scale"], "namespaces": ["app"]},
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["only-this"], "namespaces": ["app"]},
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["persistentvolumes"]}]
+    assert rbac.token_rules(RBAC_DOCS, "elsewhere", "deployer") == []
+    assert rbac.service_account_user("app", "deployer") == "system:serviceaccount:app:deployer"
+    dangling = [dict(RBAC_DOCS[2], roleRef={"kind": "Role", "name": "missing"})]
+    with pytest.raises(rbac.RbacError, match="RoleBinding app/deployer: roleRef Role 'missing' is not in the manifests"):
+        rbac.token_rules(dangling, "app", "deployer")
+    bad_verb = [dict(RBAC_DOCS[1], rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["read"]}]), RBAC_DOCS[2]]
+    with pytest.raises(rbac.RbacError, match=r"Role app/deployer: rules\[0\].verbs: unknown verb\(s\) read"):
+        rbac.token_rules(bad_verb, "app", "deployer")
+
+
+def test_role_rules_hold_in_their_namespace_only_and_requests_are_logged(tmp_path):
+    from kubesim import rbac
+
+    with KubeSim(str(tmp_path / "data")) as guarded:
+        user = rbac.service_account_user("app", "deployer")
+        guarded.add_token("admin-token")
+        guarded.add_token("deployer-token", rules=rbac.token_rules(RBAC_DOCS, "app", "deployer"), user=user)
+        admin = {"Authorization": "Bearer admin-token"}
+        deployer = {"Authorization": "Bearer deployer-token"}
+        for ns in ("app", "other"):
+            assert http(guarded, "POST", "/api/v1/namespaces", {"metadata": {"name": ns}}, admin)[0] == 201
+            assert http(guarded, "POST", "/apis/apps/v1/namespaces/%s/statefulsets" % ns, sts_body("db"), admin)[0] == 201
+        assert http(guarded, "POST", "/_kubesim/requests", {"record": True})[0] == 201
+        cm = {"metadata": {"name": "flags"}, "data": {"a": "1"}}
+        assert http(guarded, "POST", "/api/v1/namespaces/app/configmaps", cm, deployer)[0] == 201
+        code, status = http(guarded, "POST", "/api/v1/namespaces/other/configmaps", cm, deployer)
+        assert code == 403 and status["message"] == (
+            'configmaps is forbidden: User "system:serviceaccount:app:deployer" cannot create resource "configmaps" in API '
+            'group "" in the namespace "other"')
+        scale = {"spec": {"replicas": 0}}
+        apps_api = client.AppsV1Api(client.ApiClient(client.Configuration(host=guarded.url, api_key={"authorization": "Bearer deployer-token"})))
+        assert apps_api.patch_namespaced_stateful_set_scale("db", "app", scale).spec.replicas == 0
+        code, status = api_error(apps_api.patch_namespaced_stateful_set, "db", "app", scale)
+        assert code == 403 and 'cannot patch resource "statefulsets" in API group "apps"' in status["message"]
+        assert http(guarded, "GET", "/api/v1/namespaces/app/secrets/only-this", headers=deployer)[0] == 404  # allowed, absent
+        assert http(guarded, "GET", "/api/v1/namespaces/app/secrets/another", headers=deployer)[0] == 403
+        assert http(guarded, "GET", "/api/v1/namespaces/app/secrets", headers=deployer)[0] == 403  # resourceNames never list
+        assert http(guarded, "GET", "/api/v1/persistentvolumes/pv-1", headers=deployer)[0] == 404  # ClusterRoleBinding: allowed
+        code, status = http(guarded, "GET", "/api/v1/persistentvolumes", headers=deployer)
+        assert code == 403 and status["message"] == (
+            'persistentvolumes is forbidden: User "system:serviceaccount:app:deployer" cannot list resource '
+            '"persistentvolumes" in API group "" at the cluster scope')
+        assert http(guarded, "GET", "/api/v1", headers=deployer)[0] == 200  # discovery: any known token
+        assert http(guarded, "GET", "/api/v1/namespaces/app/configmaps/flags")[0] == 401
+        assert http(guarded, "GET", "/api/v1", headers={"Authorization": "Bearer wrong"})[0] == 401
+        guarded.allow_anonymous([{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "namespaces": ["app"],
+                                  "resourceNames": ["flags"]}])
+        assert http(guarded, "GET", "/api/v1/namespaces/app/configmaps/flags")[1]["data"] == {"a": "1"}
+        code, status = http(guarded, "DELETE", "/api/v1/namespaces/app/configmaps/flags")
+        assert code == 403 and 'User "system:anonymous" cannot delete' in status["message"]
+        assert http(guarded, "GET", "/api/v1", headers={"Authorization": "Bearer wrong"})[0] == 401
+        code, body = http(guarded, "DELETE", "/_kubesim/requests")
+        seen = [(r["user"], r["verb"], r["resource"], r["subresource"], r["namespace"], r["name"], r["code"])
+                for r in body["requests"]]
+        assert seen[:4] == [(user, "create", "configmaps", None, "app", None, 201),
+                            (user, "create", "configmaps", None, "other", None, 403),
+                            (user, "patch", "statefulsets", "scale", "app", "db", 200),
+                            (user, "patch", "statefulsets", None, "app", "db", 403)]
+        assert (None, "get", "configmaps", None, "app", "flags", 401) in seen  # before allow_anonymous
+        assert ("system:anonymous", "get", "configmaps", None, "app", "flags", 200) in seen
+        assert (None, "get", None, None, None, None, 401) in seen  # discovery with an unknown token
+        assert http(guarded, "GET", "/_kubesim/requests")[1] == {"recording": True, "requests": []}
+
+
 def test_cli_prints_url_and_writes_kubeconfig(tmp_path):
     kubeconfig = tmp_path / "kc"
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "kubesim"), "--port", "0", "--data-dir",

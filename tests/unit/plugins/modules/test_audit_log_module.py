@@ -45,6 +45,14 @@ def run_module(capsys, args, check_mode=False, diff=False):
         ({"stage": "s", "path": "/tmp/x", "details": "not a dict"}, "details"),
         ({"stage": "s", "path": "/tmp/x", "error": 5}, "error must be a string, a dict or a list, got int"),
         ({"stage": "s", "store": "table", "journal_schema": "x; DROP TABLE y"}, "journal_schema 'x; DROP TABLE y' is not a valid schema name"),
+        ({"stage": "s", "path": "/tmp/x", "figures": {"rows_compared": "many"}},
+         "figures.rows_compared must be a finite number, got 'many'"),
+        ({"stage": "s", "path": "/tmp/x", "figures": {"replica_lag_bytes": 7}},
+         "figures.replica_lag_bytes must be a dict of replica name to number"),
+        ({"stage": "s", "path": "/tmp/x", "metrics_textfile": "/tmp/metrics.txt"},
+         "metrics_textfile /tmp/metrics.txt must be a file name ending in .prom"),
+        ({"state": "verified", "path": "/tmp/x", "metrics_textfile": "/tmp/m.prom", "figures_from_details": True},
+         "figures_from_details, metrics_textfile: only used with state=appended, not state=verified"),
         ({"stage": "s", "store": "table"}, "unable to connect to database:"),
         ({"state": "verified", "store": "table"}, "unable to connect to database:"),
     ],
@@ -128,3 +136,50 @@ def test_missing_file(capsys, tmp_path):
     assert result["failed"] is True and "audit log %s does not exist (set missing_ok=true" % path in result["msg"]
     result, raw = run_module(capsys, {"state": "verified", "path": path, "missing_ok": True})
     assert (result["valid"], result["records"], result["last_hash"], result["stores"]["file"]["exists"]) == (True, 0, None, False)
+
+
+def test_figures_and_metrics_textfile(capsys, tmp_path):
+    """The record is the stage's event with its figures; the textfile gets its series, merged and parseable."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path, prom = tmp_path / "audit.jsonl", tmp_path / "textfile" / "stateful_rollback.prom"
+    base = {"path": str(path), "run": "r1", "release": "2.1.0", "figures_from_details": True, "metrics_textfile": str(prom)}
+    preflight, raw = run_module(capsys, dict(base, stage="preflight", started_at="2026-11-25T16:15:00Z",
+                                             ended_at="2026-11-25T16:15:08.5Z", details={"replication": {"replicas": [
+                                                 {"name": "standby", "lag_bytes": 0}, {"name": "subscriber", "lag_bytes": 4096}]}}))
+    assert preflight["figures"] == preflight["record"]["figures"] == {"replica_lag_bytes": {"standby": 0, "subscriber": 4096}}
+    assert preflight["metrics"]["error"] is None and preflight["metrics"]["series"] == 3
+    assert preflight["metrics"]["samples"][0] == {"name": "stateful_rollback_stage_duration_seconds",
+                                                  "labels": {"stage": "preflight", "release": "2.1.0", "outcome": "ok"}, "value": 8.5}
+    # Explicit figures win over derived ones; a rollback's duration is its RTO.
+    rollback, raw = run_module(capsys, dict(base, stage="rollback", outcome="compensated", seconds=18.0,
+                                            details={"seconds": 17.5}, figures={"rows_compared": 6000}))
+    assert rollback["record"]["figures"] == {"rto_seconds": 17.5, "rows_compared": 6000}
+    assert rollback["metrics"]["series"] == 5
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text(encoding="utf-8"))}
+    durations = {s.labels["stage"]: s.value for s in families["stateful_rollback_stage_duration_seconds"].samples}
+    assert durations == {"preflight": 8.5, "rollback": 18.0}
+    assert [(s.labels, s.value) for s in families["stateful_rollback_rto_seconds"].samples] == [
+        ({"kind": "rollback", "release": "2.1.0"}, 17.5)]
+    verified, raw = run_module(capsys, {"state": "verified", "path": str(path)})
+    assert verified["valid"] is True and verified["records"] == 2
+    # Without figures options the record has no figures field, as before.
+    plain, raw = run_module(capsys, {"path": str(path), "stage": "promote"})
+    assert "figures" not in plain["record"] and "figures" not in plain and "metrics" not in plain
+
+
+def test_metrics_not_written_in_check_mode_and_a_write_failure_only_warns(capsys, tmp_path):
+    path, prom = tmp_path / "audit.jsonl", tmp_path / "m.prom"
+    args = {"path": str(path), "stage": "verify", "details": {"parity": {"difference_count": 2}},
+            "figures_from_details": True, "metrics_textfile": str(prom), "seconds": 3.0}
+    checked, raw = run_module(capsys, args, check_mode=True)
+    assert checked["metrics"]["error"] == "not written in check mode" and not prom.exists() and not path.exists()
+    assert checked["record"]["figures"] == {"parity_differences": {"all": 2}}
+    prom.write_text("garbage { here\n", encoding="utf-8")
+    result, raw = run_module(capsys, args)
+    assert result.get("failed") is not True and result["seq"] == 1
+    assert result["metrics"]["series"] is None and "is not in the Prometheus text format" in result["metrics"]["error"]
+    # ansible-core 2.19 returns warnings as summaries ({"event": {"msg": ...}}), older cores as strings.
+    warnings = [w if isinstance(w, str) else w["event"]["msg"] for w in result["warnings"]]
+    assert any(w.startswith("the audit record was appended, but the metrics were not exported: ") for w in warnings)
+    assert prom.read_text(encoding="utf-8") == "garbage { here\n"

@@ -1,0 +1,216 @@
+# -*- coding: utf-8 -*-
+"""Fault injection into whole ``ansible-playbook`` runs (playbooks/deploy.yml, playbooks/rollback.yml) on a
+sandbox of its own: the demo shop with release 1.0.0 deployed and promoted, and 60,000 more customers so
+that release 2.0.0's backfill runs long enough to be interrupted.
+
+The tests share that sandbox and run in file order; each leaves it consistent (every fault is repaired or
+converged before the next). They are ``faults_extended``: a plain ``pytest tests`` skips them (several
+minutes of playbook runs each); ``make test-faults`` runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from faultkit import conn_options, install_shop, journal, kill_group, record, replicas, start_playbook, wait_for
+from testkit import app_version, columns, ledger, manifest, playbook
+
+from ansible_collections.stateful.rollback.plugins.module_utils import parity_runner
+from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner import ParityFailure
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults, pytest.mark.faults_extended, pytest.mark.timeout(1800)]
+
+OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_DEPLOY_PORT_BASE") or 57720)  # 577xx: a base of its own per concurrent run
+OWN_SANDBOX_NAME = "pytest-faults-deploy-%d" % OWN_SANDBOX_PORT_BASE
+EXTRA_CUSTOMERS = 60000
+CORE = "SELECT count(*), md5(coalesce(string_agg(concat_ws('|', id, email, name, created_at), ',' ORDER BY id), '')) FROM customers"
+ORDERS = "SELECT count(*), md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o"
+
+
+def data(sb, node="primary"):
+    """Fingerprints of the shop's rows that no release changes (customers' original columns, orders)."""
+    return {"customers": tuple(sb.sql(node, CORE)[0]), "orders": tuple(sb.sql(node, ORDERS)[0])}
+
+
+def lost(before, after):
+    return sum(max(before[t][0] - after[t][0], 0) for t in before)
+
+
+def in_sync(sb, timeout=120):
+    """Primary vs standby vs subscriber: parity of every table of the app."""
+    return parity_runner.run(dict(conn_options(sb), mode="parity", replicas=replicas(sb), settle_timeout=timeout,
+                                  exclude_schemas=["stateful_rollback"]))["in_sync"]
+
+
+def assert_whole(sb, before):
+    """Nothing lost or changed in the rows no release touches, on every node."""
+    sb.wait_standby_caught_up(timeout=120)
+    sb.wait_subscriber_caught_up(timeout=120)
+    assert in_sync(sb) is True
+    for node in ("primary", "standby", "subscriber"):
+        assert data(sb, node) == before, node
+
+
+def applied_once(sb, version):
+    """Journal rows of ``version`` since its last revert: one done row per (migration, phase) and direction up."""
+    rows = journal(sb, version=version)
+    last_down = max([r["id"] for r in rows if r["direction"] == "down"] or [0])
+    ups = [r for r in rows if r["direction"] == "up" and r["id"] > last_down]
+    keys = [(r["migration_id"], r["phase"]) for r in ups]
+    assert len(keys) == len(set(keys)), ups
+    assert all(r["state"] == "done" for r in ups), ups
+    return {(r["migration_id"], r["phase"]): r for r in ups}
+
+
+def deployed(sb, version):
+    assert app_version(sb) == version
+    assert ledger(sb)[version] == ("verified", True)
+
+
+@pytest.fixture(scope="module")
+def shop(own_sandbox):
+    sb = own_sandbox
+    install_shop(sb)
+    rc, out = playbook(sb, "deploy.yml", "-e", manifest("1.0.0"))
+    assert rc == 0, out[-6000:]
+    sb.sql("primary", "INSERT INTO customers (email, name, created_at) SELECT format('bulk%%s@example.com', g), "
+                      "format('Bulk %%s', g), timestamptz '2025-01-01 00:00:00+00' + g * interval '1 minute' "
+                      "FROM generate_series(1, %d) g" % EXTRA_CUSTOMERS)
+    sb.wait_subscriber_caught_up(timeout=120)
+    return sb
+
+
+class StalledBackfill:
+    """Hold a row lock on the last customer, so that 2.0.0's backfill stalls at its last batch (retrying its
+    lock_timeout) instead of racing the kill. Taken once the schema step (ALTER TABLE, which the row lock would
+    block) is done; released when the fault has been injected."""
+
+    def __init__(self, sb, version="2.0.0"):
+        self.sb, self.version, self.conn = sb, version, None
+
+    def hold(self, proc, timeout=900):
+        def schema_done():
+            if proc.poll() is not None:
+                return True
+            try:
+                return self.sb.sql("primary", "SELECT count(*) FROM stateful_rollback.migration_journal WHERE release_version = %s "
+                                              "AND migration_id = '001-customer-full-name' AND direction = 'up' AND phase = 'schema' "
+                                              "AND state = 'done'", (self.version,))[0][0] > 0
+            except Exception:  # pylint: disable=broad-except
+                return False
+        wait_for(schema_done, timeout, "2.0.0's schema step")
+        assert proc.poll() is None, "the deploy ended before its migrations ran"
+        self.conn = self.sb.connect("primary", superuser=True)
+        self.conn.autocommit = False
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT id FROM customers ORDER BY id DESC LIMIT 1 FOR UPDATE")
+        wait_for(lambda: backfill_batches(self.sb, self.version) >= 3 or proc.poll() is not None, timeout, "the backfill's batches")
+        assert proc.poll() is None, "the deploy ended while its backfill was stalled"
+        return backfill_batches(self.sb, self.version)
+
+    def release(self):
+        try:
+            self.conn.rollback()
+            self.conn.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+
+def backfill_batches(sb, version):
+    try:
+        rows = sb.sql("primary", "SELECT batches FROM stateful_rollback.migration_journal "
+                                 "WHERE release_version = %s AND phase = 'backfill' AND direction = 'up' AND state = 'running'", (version,))
+    except Exception:  # pylint: disable=broad-except
+        return 0
+    return rows[0][0] if rows else 0
+
+
+# -- 3. ansible-playbook killed mid-backfill, rerun ------------------------------------------------------------
+def test_playbook_killed_mid_backfill_rerun_converges_without_duplicates(shop, tmp_path, record_property):
+    """Fault 3: SIGKILL of ansible-playbook's process group and tree while 2.0.0's backfill runs; the same playbook run
+    again converges; the journal holds one applied entry per step and the backfill counted every row once."""
+    sb = shop
+    before = data(sb)
+    to_fill = sb.sql("primary", "SELECT count(*) FROM customers")[0][0]
+    proc = start_playbook(sb, "deploy.yml", "-e", manifest("2.0.0"), log=str(tmp_path / "killed.log"))
+    stall = StalledBackfill(sb)
+    try:
+        stall.hold(proc)
+        killed = kill_group(proc)
+    finally:
+        stall.release()
+    killed_at = backfill_batches(sb, "2.0.0")
+    assert 3 <= killed_at and len(killed) >= 3, (killed_at, killed)  # ansible-playbook, its worker, the module
+    wait_for(lambda: not sb.sql("primary", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                                           "'stateful.rollback.migrate%%'")[0][0], 60, "the killed module's sessions to end")
+    assert backfill_batches(sb, "2.0.0") == killed_at, "the backfill went on after the kill"
+    assert sb.sql("primary", "SELECT count(*) FROM customers WHERE full_name IS NULL")[0][0] > 0
+
+    rc, out = playbook(sb, "deploy.yml", "-e", manifest("2.0.0"))
+    assert rc == 0, out[-6000:]
+    deployed(sb, "2.0.0")
+    steps = applied_once(sb, "2.0.0")
+    backfill = steps[("001-customer-full-name", "backfill")]
+    assert backfill["rows_processed"] == to_fill and backfill["attempts"] == 2, backfill
+    assert set(steps) == {("001-customer-full-name", "schema"), ("001-customer-full-name", "backfill"),
+                          ("002-orders-status-index", "schema")}, steps
+    assert sb.sql("primary", "SELECT count(*) FROM customers WHERE full_name IS DISTINCT FROM name") == [(0,)]
+    assert_whole(sb, before)
+    record(record_property, "ansible-playbook killed mid-backfill (deploy)", lost(before, data(sb)), killed_at_batch=killed_at)
+
+
+# -- 6. logical subscriber diverged: the rollback refuses to record success --------------------------------------
+def test_diverged_subscriber_rollback_refuses_then_converges(shop, tmp_path, record_property):
+    """Fault 6: a row changed on the subscriber behind replication's back; rollback.yml's verify names the exact
+    key and the rollback does not record 1.0.0 as reached (2.0.0 not marked rolled back); once the row is repaired,
+    the same rollback converges."""
+    sb = shop
+    before = data(sb)
+    sb.sql("subscriber", "UPDATE orders SET amount = amount + 1 WHERE id = 42", superuser=True)
+    with pytest.raises(ParityFailure) as err:
+        parity_runner.run(dict(conn_options(sb), mode="parity", replicas=replicas(sb), tables=["public.orders"], settle_timeout=30))
+    sub = [r for r in err.value.result["replicas"] if r["name"] == "subscriber"][0]
+    assert sub["tables"][0]["differences"]["different"] == [{"id": 42}], sub
+    rc, out = playbook(sb, "rollback.yml")
+    assert rc != 0, out[-6000:]
+    assert "subscriber" in out and "public.orders" in out, out[-6000:]
+    assert ledger(sb)["2.0.0"] != ("rolled_back", False), "a rollback that failed its verify recorded success"
+    # Repair the subscriber from the primary, then the same rollback converges.
+    amount = sb.sql("primary", "SELECT amount FROM orders WHERE id = 42")[0][0]
+    sb.sql("subscriber", "UPDATE orders SET amount = %s WHERE id = 42", (amount,), superuser=True)
+    rc, out = playbook(sb, "rollback.yml")
+    assert rc == 0, out[-6000:]
+    assert app_version(sb) == "1.0.0" and ledger(sb)["2.0.0"][0] == "rolled_back"
+    assert "full_name" not in columns(sb) and "full_name" not in columns(sb, "subscriber")
+    assert_whole(sb, before)
+    record(record_property, "subscriber diverged (rollback)", lost(before, data(sb)))
+
+
+# -- 10. restore of a snapshot taken before a later release --------------------------------------------------------------
+def test_restore_of_an_older_snapshot_keeps_ledger_and_journal_consistent(shop, tmp_path, record_property):
+    """Fault 10: 2.0.0 deployed, then rolled back by restoring the snapshot taken before it. Journal and ledger
+    live in the restored database: the journal holds no applied row of 2.0.0 (its data has no full_name), and the
+    ledger then records the rollback of 2.0.0 with 1.0.0 current."""
+    sb = shop
+    before = data(sb)
+    assert app_version(sb) == "1.0.0"
+    rc, out = playbook(sb, "deploy.yml", "-e", manifest("2.0.0"))
+    assert rc == 0, out[-6000:]
+    deployed(sb, "2.0.0")
+    started = time.monotonic()
+    rc, out = playbook(sb, "rollback.yml", "-e", "stateful_rollback_rollback_strategy=restore")
+    assert rc == 0, out[-6000:]
+    restore_seconds = time.monotonic() - started
+    assert "full_name" not in columns(sb) and app_version(sb) == "1.0.0"
+    rows = journal(sb, version="2.0.0")
+    ups = [r for r in rows if r["direction"] == "up" and r["state"] == "done"]
+    downs = [r for r in rows if r["direction"] == "down"]
+    last_up = max([r["id"] for r in ups] or [0])
+    assert not ups or any(d["id"] > last_up for d in downs), "journal says 2.0.0 is applied but its data is gone: %s" % rows
+    book = ledger(sb)
+    assert book["2.0.0"][0] == "rolled_back" and book["2.0.0"][1] is False, book
+    assert book["1.0.0"] == ("verified", True), book
+    assert_whole(sb, before)
+    record(record_property, "restore of an older snapshot", lost(before, data(sb)), restore_seconds=round(restore_seconds, 1))
