@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -87,3 +88,14 @@ def ledger(sb):
 def columns(sb, node="primary", table="customers"):
     return [r[0] for r in sb.sql(node, "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
                                        "AND table_name = %s ORDER BY ordinal_position", (table,))]
+
+
+def wait_for(check, timeout, what, interval=0.2):
+    """``check()``'s first truthy value, polled every ``interval`` s; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out after %ss waiting for %s" % (timeout, what)
+        time.sleep(interval)

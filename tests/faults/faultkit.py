@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import sandbox as sandbox_lib  # scripts/sandbox.py (tests/conftest.py puts scripts/ on sys.path)
 import sandbox_kube
-from testkit import REPO, playbook_command, playbook_env
+from testkit import REPO, playbook_command, playbook_env, wait_for  # noqa: F401  (wait_for: used by the fault tests through faultkit)
 
 PYTHON = sys.executable
 
@@ -47,17 +46,6 @@ def _web_ready(sb):
             return resp.status == 200
     except OSError:
         return False
-
-
-def wait_for(check, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 # -- kills aimed at one known PID --------------------------------------------------------------------

@@ -30,7 +30,7 @@ import time
 
 import pytest
 import sandbox_kube  # scripts/sandbox_kube.py (tests/conftest.py puts scripts/ on sys.path)
-from testkit import REPO, app_version, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed
+from testkit import REPO, app_version, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed, wait_for
 
 # Each test runs three to four playbooks of minutes each on a loaded machine (setup included in the first).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -103,16 +103,6 @@ def _answers(sb):
         return app_version(sb) == "1.0.0"
     except OSError:
         return False
-
-
-def wait_for(check, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out after %ss waiting for %s" % (timeout, what)
-        time.sleep(interval)
 
 
 def state_dir(sb):
