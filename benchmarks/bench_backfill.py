@@ -3,7 +3,7 @@
 
 Builds its own PostgreSQL sandbox (primary + physical standby + logical
 subscriber, scripts/sandbox.py) in ``<repo>/.sandbox/bench-backfill`` on ports
-56630/56631/56632, and in a schema of its own (``bench_backfill``, not
+27630/27631/27632, and in a schema of its own (``bench_backfill``, not
 published to the subscriber; the standby replays everything) two identical
 fresh tables of ROWS rows (default 2M)::
 
@@ -61,7 +61,7 @@ import sandbox  # noqa: E402  (scripts/sandbox.py)
 SCHEMA = "bench_backfill"
 DEFAULT_ROWS = 2_000_000
 MIN_ROWS = 1000
-DEFAULT_PORT_BASE = 56630
+DEFAULT_PORT_BASE = 27630
 DEFAULT_SANDBOX_DIR = os.path.join(REPO_ROOT, ".sandbox", "bench-backfill")
 TARGET_RATIO = 1.5
 SET = "full_name = first_name || ' ' || last_name"

@@ -8,7 +8,7 @@ must not grow with the size of the tables the migration touches. This shows
 it, side by side in one run.
 
 Builds its own PostgreSQL sandbox (scripts/sandbox.py) in
-``<repo>/.sandbox/bench-live`` on ports 55830/55831/55832 and two databases
+``<repo>/.sandbox/bench-live`` on ports 26830/26831/26832 and two databases
 on the primary with the same schema (``customers``, ``products``,
 ``orders``): ``live_small`` with 1,000 orders and ``live_large`` with ROWS
 orders (default 2,000,000). Then, for each of eight migrations on
@@ -69,7 +69,7 @@ from bench_parity import OUT, parse_rows  # noqa: E402
 DEFAULT_ROWS = 2_000_000
 ROWS_SMALL = 1000
 PRODUCTS = 100
-DEFAULT_PORTS = {"primary": 55830, "standby": 55831, "subscriber": 55832}
+DEFAULT_PORTS = {"primary": 26830, "standby": 26831, "subscriber": 26832}
 DEFAULT_SANDBOX_DIR = os.path.join(REPO_ROOT, ".sandbox", "bench-live")
 SMALL_DB, LARGE_DB = "live_small", "live_large"
 TARGET_RATIO = 1.25

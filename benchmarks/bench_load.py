@@ -2,7 +2,7 @@
 """Load benchmark: what a running backfill (and a parity check beside it) costs the application's writes.
 
 Builds its own sandbox (scripts/sandbox.py: kubesim, primary, streaming standby, logical subscriber) in
-``<repo>/.sandbox/bench-load`` on ports 57760/57761/57762 (``BENCH_LOAD_SANDBOX_DIR``,
+``<repo>/.sandbox/bench-load`` on ports 28760/28761/28762 (``BENCH_LOAD_SANDBOX_DIR``,
 ``BENCH_LOAD_PORT_BASE``), grows the demo ``orders`` table to ROWS rows (default 300,000), then drives write
 load on the primary with pgbench (the PostgreSQL server package's own, on 127.0.0.1 only) for DURATION
 seconds (default 20) twice:
@@ -59,7 +59,7 @@ import sandbox  # noqa: E402  (scripts/sandbox.py)
 
 DEFAULT_ROWS = 300_000
 DEFAULT_DURATION = 20
-DEFAULT_PORT_BASE = 57760
+DEFAULT_PORT_BASE = 28760
 DEFAULT_SANDBOX_DIR = os.path.join(REPO_ROOT, ".sandbox", "bench-load")
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_MAX_ROWS_PER_SECOND = 5000

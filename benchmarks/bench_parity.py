@@ -3,7 +3,7 @@
 
 Builds its own PostgreSQL sandbox (primary + physical standby + logical
 subscriber, scripts/sandbox.py) in ``<repo>/.sandbox/bench`` on ports
-55530/55531/55532, loads ``bench_wide`` (7 columns, ROWS rows, default 2M) on
+26530/26531/26532, loads ``bench_wide`` (7 columns, ROWS rows, default 2M) on
 the primary, lets logical replication carry it to the subscriber, plants
 differences on the subscriber only, then measures in rounds (best of
 ``--repeat``, the three measurements interleaved and rotated every round):
@@ -82,7 +82,7 @@ FLOOR_SQL = (
 
 DEFAULT_ROWS = 2_000_000
 MIN_ROWS = 1000
-DEFAULT_PORTS = {"primary": 55530, "standby": 55531, "subscriber": 55532}
+DEFAULT_PORTS = {"primary": 26530, "standby": 26531, "subscriber": 26532}
 DEFAULT_SANDBOX_DIR = os.path.join(REPO_ROOT, ".sandbox", "bench")
 LOAD_TIMEOUT = 900.0  # seconds for the subscriber to apply the load
 TARGET_VS_RELADIFF = 2.0

@@ -3,7 +3,7 @@
 
 Builds its own sandbox (scripts/sandbox.py: kubesim, the primary as StatefulSet
 sandbox/db on PVC data-db-0, a streaming standby, a logical subscriber) in
-``<repo>/.sandbox/bench-rto`` on ports 57330/57331/57332 (demo app 57335),
+``<repo>/.sandbox/bench-rto`` on ports 28330/28331/28332 (demo app 28335),
 installs the demo Deployment (playbooks/demo/web.yml.j2, image 1.0.0), grows
 ``orders`` to ROWS rows (default 1,000,000; INSERT ... generate_series, then
 waits until the subscriber has them), and runs the drill RUNS times (default 5)
@@ -72,7 +72,7 @@ import sandbox  # noqa: E402  (scripts/sandbox.py)
 DEFAULT_ROWS = 1_000_000
 DEFAULT_RUNS = 5
 MIN_ROWS = 5000  # the sandbox's seed already has 5000 orders
-DEFAULT_PORT_BASE = 57330
+DEFAULT_PORT_BASE = 28330
 APP_PORT_OFFSET = 5
 DEFAULT_SANDBOX_DIR = os.path.join(REPO_ROOT, ".sandbox", "bench-rto")
 FAULTS = ("corruption", "health_check", "migration")

@@ -4,8 +4,8 @@ A tiny HTTP service (stdlib only) standing in for a real app image. The
 sandbox's Deployment scale hook (scripts/sandbox_kube.py) starts one process
 per replica with the image's version, its port and its database::
 
-    python3 scripts/demo_app.py --version 2.0.0 --port 54380 \\
-        --database-url postgresql://app:...@127.0.0.1:54320/app --psql /usr/lib/postgresql/15/bin/psql \\
+    python3 scripts/demo_app.py --version 2.0.0 --port 24380 \\
+        --database-url postgresql://app:...@127.0.0.1:24320/app --psql /usr/lib/postgresql/15/bin/psql \\
         [--flags-url http://127.0.0.1:PORT/api/v1/namespaces/sandbox/configmaps/web-flags]
 
 Endpoints:

@@ -19,13 +19,15 @@ Command line::
     scripts/sandbox psql [--superuser] NODE [psql args...]
     scripts/sandbox down        # stop our servers and delete the data
 
-Settings (environment): ``SANDBOX_DIR``, ``SANDBOX_PRIMARY_PORT`` (54320),
-``SANDBOX_STANDBY_PORT`` (54321), ``SANDBOX_SUBSCRIBER_PORT`` (54322),
+Settings (environment): ``SANDBOX_DIR``, ``SANDBOX_PRIMARY_PORT`` (24320),
+``SANDBOX_STANDBY_PORT`` (24321), ``SANDBOX_SUBSCRIBER_PORT`` (24322),
 ``SANDBOX_APP_PASSWORD``, ``SANDBOX_REPLICATION_PASSWORD``,
 ``SANDBOX_SUPERUSER_PASSWORD``, ``SANDBOX_TIMEOUT`` (seconds per wait, 120)
 and ``SANDBOX_PG_BINDIR`` (default: ``pg_config --bindir`` or the newest
 ``/usr/lib/postgresql/*/bin``).  As root, servers run as the ``postgres`` OS
-user (via runuser); otherwise as the current user.
+user (via runuser); otherwise as the current user.  Every default port, and
+every port the tests and benchmarks choose, lies below the kernel's ephemeral
+range (32768-60999 on Linux), so no outgoing connection can hold it.
 
 The module is importable (stdlib only) so tests can drive it::
 
@@ -55,7 +57,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "Config",
@@ -88,7 +90,7 @@ STANDBY_SLOT = "standby_slot"
 STANDBY_APPLICATION_NAME = "standby"
 OS_USER_WHEN_ROOT = "postgres"
 
-DEFAULT_PORTS = {"primary": 54320, "standby": 54321, "subscriber": 54322}
+DEFAULT_PORTS = {"primary": 24320, "standby": 24321, "subscriber": 24322}
 
 # Files/dirs that `down` is allowed to delete inside the sandbox dir.
 NODE_MARKER = ".sandbox-node"  # proves a node dir was created by us
@@ -128,7 +130,7 @@ class Config:
     standby_port: int = DEFAULT_PORTS["standby"]
     subscriber_port: int = DEFAULT_PORTS["subscriber"]
     kube_port: int = 0  # the Kubernetes API emulator; 0 = any free port (it is in the kubeconfig)
-    app_port: int = 54380  # the demo application's first replica (Deployments' env PORT)
+    app_port: int = 24380  # the demo application's first replica (Deployments' env PORT)
     app_password: str = "app-secret"
     replication_password: str = "repl-secret"
     superuser_password: str = "postgres-secret"
@@ -233,7 +235,7 @@ class Config:
         }
 
     def dsn(self, node: str, superuser: bool = False, dbname: str = APP_DB) -> str:
-        """libpq URI, e.g. ``postgresql://app:app-secret@127.0.0.1:54320/app``."""
+        """libpq URI, e.g. ``postgresql://app:app-secret@127.0.0.1:24320/app``."""
         p = self.params(node, superuser, dbname)
 
         def q(value):
@@ -526,9 +528,22 @@ def _ensure_port_free(config: Config, node: str) -> None:
     port = config.port(node)
     if not _port_is_free(port, config.host):
         var = Config.ENV_VARS[f"{node}_port"]
+        low, high = _ephemeral_port_range()
+        hint = (f" (it lies in the kernel's ephemeral range {low}-{high}, where any client connection may take it "
+                f"for a while: prefer a port below {low})" if low <= port <= high else "")
         raise SandboxConflict(
             f"port {port} on {config.host} (for the {node} node) is already in use by something that "
-            f"is not this sandbox; free it or choose another port with {var}=<port>")
+            f"is not this sandbox; free it or choose another port with {var}=<port>{hint}")
+
+
+def _ephemeral_port_range() -> Tuple[int, int]:
+    """The local ports the kernel hands to outgoing connections (net.ipv4.ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low, high = (int(v) for v in fh.read().split()[:2])
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 # --------------------------------------------------------------------------

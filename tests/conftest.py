@@ -10,7 +10,7 @@
 Fixture settings (environment):
 
 ``SANDBOX_TEST_PORT_BASE``  primary port; standby = base+1, subscriber = base+2
-                            (default 55430; pytest-xdist worker gwN adds 100*N and
+                            (default 25430; pytest-xdist worker gwN adds 100*N and
                             suffixes the directory with -gwN).
 ``SANDBOX_TEST_DIR``        sandbox directory (default ``<repo>/.sandbox/pytest``);
                             ``SANDBOX_DIR`` is honoured too unless it points at the
@@ -36,7 +36,7 @@ for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".coll
 
 import sandbox as sandbox_lib  # noqa: E402  (scripts/sandbox.py)
 
-DEFAULT_TEST_PORT_BASE = 55430
+DEFAULT_TEST_PORT_BASE = 25430
 
 
 def sandbox_test_config(environ: Optional[Dict[str, str]] = None) -> "sandbox_lib.Config":
@@ -82,7 +82,7 @@ class Sandbox:
         return self.params(node, superuser=True)
 
     def dsn(self, node: str, superuser: bool = False) -> str:
-        """libpq URI, e.g. ``postgresql://app:app-secret@127.0.0.1:55430/app``."""
+        """libpq URI, e.g. ``postgresql://app:app-secret@127.0.0.1:25430/app``."""
         return self.config.dsn(node, superuser=superuser)
 
     # -- SQL -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner im
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
-OWN_SANDBOX_PORT_BASE = 57700
+OWN_SANDBOX_PORT_BASE = 27700
 OWN_SANDBOX_NAME = "pytest-faults-db"
 ROWS = 30000
 BATCH = 500

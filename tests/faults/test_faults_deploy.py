@@ -22,7 +22,7 @@ from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner im
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults, pytest.mark.faults_extended, pytest.mark.timeout(1800)]
 
-OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_DEPLOY_PORT_BASE") or 57720)  # 577xx: a base of its own per concurrent run
+OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_DEPLOY_PORT_BASE") or 27720)  # 577xx: a base of its own per concurrent run
 OWN_SANDBOX_NAME = "pytest-faults-deploy-%d" % OWN_SANDBOX_PORT_BASE
 EXTRA_CUSTOMERS = 60000
 CORE = "SELECT count(*), md5(coalesce(string_agg(concat_ws('|', id, email, name, created_at), ',' ORDER BY id), '')) FROM customers"

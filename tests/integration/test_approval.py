@@ -22,7 +22,7 @@ from testkit import BIN, REPO, app_version, columns, ledger, manifest, playbook,
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-OWN_SANDBOX_PORT_BASE = 57450
+OWN_SANDBOX_PORT_BASE = 27450
 OWN_SANDBOX_NAME = "pytest-approval"
 
 RELEASE_3 = os.path.join(REPO, "playbooks", "demo", "releases", "3.0.0", "release.yml")

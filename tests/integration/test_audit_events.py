@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Governance and observability end to end, on a sandbox of its own (ports 57400-57406): the demo
+"""Governance and observability end to end, on a sandbox of its own (ports 27400-27406): the demo
 (playbooks/demo.yml: release 1.0.0 deployed and promoted, then the drill with fault `health_check`:
 release 2.1.0 fails its rollout and is rolled back) with a Prometheus textfile set.
 
@@ -29,7 +29,7 @@ from ansible_collections.stateful.rollback.plugins.modules import audit_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3000)]
 
-OWN_SANDBOX_PORT_BASE = 57400
+OWN_SANDBOX_PORT_BASE = 27400
 OWN_SANDBOX_NAME = "pytest-audit-events"
 
 # The rollback runs the verify role; its record may say `verify` while the rollback role renames that entry of

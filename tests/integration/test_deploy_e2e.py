@@ -18,7 +18,7 @@ from testkit import app_version, columns, ledger, manifest, playbook, recap_chan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-OWN_SANDBOX_PORT_BASE = 55830
+OWN_SANDBOX_PORT_BASE = 25830
 OWN_SANDBOX_NAME = "pytest-e2e"
 
 

@@ -37,7 +37,7 @@ from kubesim.resources import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-OWN_SANDBOX_PORT_BASE = 57500
+OWN_SANDBOX_PORT_BASE = 27500
 OWN_SANDBOX_NAME = "pytest-least-privilege"
 
 RBAC_MANIFEST = os.path.join(REPO, "docs", "k8s", "rbac.yml")

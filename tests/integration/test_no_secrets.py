@@ -25,7 +25,7 @@ from testkit import BIN, REPO, manifest, playbook_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-PORT_BASE = 57460
+PORT_BASE = 27460
 NAME = "pytest-no-secrets"
 DB_PASSWORD = "pw-Nx7qDistinct-db-4711"
 K8S_TOKEN = "tok-Kz9vDistinct-k8s-4712"

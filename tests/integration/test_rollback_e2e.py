@@ -35,7 +35,7 @@ from testkit import REPO, app_version, columns, ledger, manifest, playbook, play
 # Each test runs three to four playbooks of minutes each on a loaded machine (setup included in the first).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-OWN_SANDBOX_PORT_BASE = 57200
+OWN_SANDBOX_PORT_BASE = 27200
 OWN_SANDBOX_NAME = "pytest-rollback-e2e"
 
 # 3.0.0 drops a column on purpose: the preflight refuses it unless these rules are accepted (as

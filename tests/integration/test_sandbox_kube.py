@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 """The sandbox's database on a PVC: snapshot -> change data -> restore -> scale up returns the old rows.
 
-A sandbox of its own (ports 55730-55732, ``<repo>/.sandbox/pytest-kube``): the
+A sandbox of its own (ports 25730-25732, ``<repo>/.sandbox/pytest-kube``): the
 primary's data directory is the volume of PVC ``sandbox/data-db-0`` of the
 emulated StatefulSet ``db`` (scripts/sandbox_kube.py). Everything runs for
 real except the Kubernetes API server, which is kubesim on 127.0.0.1: real
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-OWN_SANDBOX_PORT_BASE = 55730
+OWN_SANDBOX_PORT_BASE = 25730
 OWN_SANDBOX_NAME = "pytest-kube"
 NS = sandbox_kube.NAMESPACE
 

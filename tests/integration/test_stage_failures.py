@@ -42,7 +42,7 @@ from testkit import BIN, REPO, app_version, columns, ledger, manifest, playbook,
 # loaded machine, beyond the suite's default per-test timeout.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-OWN_SANDBOX_PORT_BASE = 57100
+OWN_SANDBOX_PORT_BASE = 27100
 OWN_SANDBOX_NAME = "pytest-stage-failures"
 
 NS = "sandbox"

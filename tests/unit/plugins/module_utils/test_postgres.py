@@ -78,9 +78,9 @@ def test_lsn_round_trip():
 def test_conn_params_fall_back_to_primary():
     primary = dict(login_host="10.0.0.1", login_port=5432, login_user="checker", login_password="s3cret", login_db="app",
                    ssl_mode="prefer", connect_timeout=10, connect_params={"target_session_attrs": "any"})
-    replica = dict(login_host="127.0.0.1", login_port=55431, login_user=None)
+    replica = dict(login_host="127.0.0.1", login_port=25431, login_user=None)
     params = get_conn_params(replica, primary)
-    assert params == dict(host="127.0.0.1", port=55431, user="checker", password="s3cret", dbname="app",
+    assert params == dict(host="127.0.0.1", port=25431, user="checker", password="s3cret", dbname="app",
                           sslmode="prefer", connect_timeout=10, target_session_attrs="any")
 
 
