@@ -29,9 +29,9 @@ __metaclass__ = type
 import hashlib
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
-    MAX_IDENTIFIER_BYTES,
     PostgresError,
     fetch_all,
+    journal_schema_problem,
     fetch_value,
     sql,
 )
@@ -95,12 +95,9 @@ class JournalError(PostgresError):
 
 def check_schema_name(name):
     """The journal schema name as given (an identifier, never SQL text), or JournalError."""
-    if not isinstance(name, str) or not name:
-        raise JournalError("journal_schema must be a non-empty schema name")
-    if "\x00" in name or len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
-        raise JournalError("journal_schema %r is not a valid schema name (at most %d bytes, no NUL)" % (name, MAX_IDENTIFIER_BYTES))
-    if name.startswith("pg_") or name in ("information_schema", "public"):
-        raise JournalError("journal_schema %r is reserved; use a dedicated schema such as %s" % (name, DEFAULT_SCHEMA))
+    problem = journal_schema_problem(name, DEFAULT_SCHEMA)
+    if problem:
+        raise JournalError(problem)
     return name
 
 

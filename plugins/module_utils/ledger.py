@@ -34,12 +34,11 @@ __metaclass__ = type
 import datetime
 import getpass
 import os
-import re
 import socket
 
 from ansible_collections.stateful.rollback.plugins.module_utils.postgres import (
-    MAX_IDENTIFIER_BYTES,
     PostgresError,
+    journal_schema_problem,
     sql,
     table_exists,
 )
@@ -58,7 +57,6 @@ ENDED_BADLY = ("failed", "rolled_back")
 RUNNING = ("deployed", "verified")
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): 'SRLG' (stateful rollback ledger).
 LOCK_CLASS = 0x53524C47
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 COLUMNS = (
     "id",
@@ -109,12 +107,10 @@ class LedgerError(Exception):
 
 
 def check_schema_name(name):
-    """Return ``name`` when it is a plain PostgreSQL identifier; LedgerError otherwise."""
-    if not isinstance(name, str) or not _SCHEMA_NAME.match(name) or len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
-        raise LedgerError(
-            "journal_schema %r is not a valid schema name: use letters, digits, _ and $, starting with a letter or _, "
-            "at most %d bytes" % (name, MAX_IDENTIFIER_BYTES)
-        )
+    """Return ``name`` when it can be the ledger's schema (postgres.journal_schema_problem); LedgerError otherwise."""
+    problem = journal_schema_problem(name)
+    if problem:
+        raise LedgerError(problem)
     return name
 
 

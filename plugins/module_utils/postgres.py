@@ -44,6 +44,24 @@ CANONICAL_SESSION = (
 )
 
 MAX_IDENTIFIER_BYTES = 63
+_PLAIN_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+RESERVED_SCHEMAS = ("information_schema", "public")
+
+
+def journal_schema_problem(name, default="stateful_rollback"):
+    """Why ``name`` cannot be the bookkeeping schema (journal, ledger, audit table), or None.
+
+    One rule for every module that takes ``journal_schema``: a plain identifier (letters, digits, _ and $, starting
+    with a letter or _, at most 63 bytes), not a system or shared schema. The name is still always quoted.
+    """
+    if not isinstance(name, str) or not name:
+        return "journal_schema must be a non-empty schema name"
+    if not _PLAIN_SCHEMA_NAME.match(name) or len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        return ("journal_schema %r is not a valid schema name: use letters, digits, _ and $, starting with a letter or _, "
+                "at most %d bytes" % (name, MAX_IDENTIFIER_BYTES))
+    if name.lower().startswith("pg_") or name.lower() in RESERVED_SCHEMAS:
+        return "journal_schema %r is reserved; use a dedicated schema such as %s" % (name, default)
+    return None
 
 
 class PostgresError(Exception):

@@ -87,6 +87,7 @@ RESOURCES = [
     R("apps", "v1", "deployments", "Deployment", True, ["deploy"], subresources=("status", "scale"), categories=["all"]),
     R("apps", "v1", "statefulsets", "StatefulSet", True, ["sts"], subresources=("status", "scale"), categories=["all"]),
     R("storage.k8s.io", "v1", "storageclasses", "StorageClass", False, ["sc"], subresources=()),
+    R("coordination.k8s.io", "v1", "leases", "Lease", True, subresources=()),
     R("rbac.authorization.k8s.io", "v1", "roles", "Role", True, subresources=()),
     R("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, subresources=()),
     R("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot", True, ["vs"], crd=True),

@@ -38,6 +38,7 @@ from ansible_collections.stateful.rollback.plugins.modules import (
     pvc_snapshot,
     pvc_snapshot_info,
     release,
+    release_lock,
     replication_parity,
     schema_compat_check,
 )
@@ -56,6 +57,7 @@ MODULES = {
     "pvc_snapshot": (pvc_snapshot, dict(NO_API, namespace="fuzz", pvcs=["data"], name_prefix="fuzz-"), API_DOWN),
     "pvc_snapshot_info": (pvc_snapshot_info, dict(NO_API, namespace="fuzz"), API_DOWN),
     "release": (release, dict(NO_DB, state="validated", manifest="{release}"), PG_DOWN),
+    "release_lock": (release_lock, dict(NO_API, namespace="fuzz", holder="fuzz-run", keep_alive=False), API_DOWN),
     "replication_parity": (replication_parity, dict(NO_DB), PG_DOWN),
     "schema_compat_check": (schema_compat_check, dict(NO_DB, mode="static", migration_sql="ALTER TABLE t ADD COLUMN c int;"),
                             PG_DOWN),

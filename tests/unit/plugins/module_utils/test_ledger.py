@@ -23,9 +23,18 @@ def test_schema_names_accepted(name):
     assert check_schema_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a.b", 'a"b', "a b", "x; DROP TABLE y", "a" * 64, "é" * 32, None])
+@pytest.mark.parametrize("name", ["1abc", "a-b", "a.b", 'a"b', "a b", "x; DROP TABLE y", "a" * 64, "é" * 32, "a\x00b"])
 def test_schema_names_refused(name):
     with pytest.raises(LedgerError, match="is not a valid schema name"):
+        check_schema_name(name)
+
+
+@pytest.mark.parametrize("name, message", [("", "must be a non-empty schema name"), (None, "must be a non-empty schema name"),
+                                           ("public", "is reserved"), ("pg_ledger", "is reserved"),
+                                           ("PG_Ledger", "is reserved"), ("information_schema", "is reserved")])
+def test_schema_names_empty_or_reserved(name, message):
+    """The same rule as the journal's (migrate) and the audit table's: they share the schema."""
+    with pytest.raises(LedgerError, match=message):
         check_schema_name(name)
 
 
