@@ -43,20 +43,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import signal
 import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
+import benchsandbox  # benchmarks/benchsandbox.py: the sandbox life cycle; puts scripts/ and .collections/ on sys.path
 import sandbox  # noqa: E402  (scripts/sandbox.py)
+
+REPO_ROOT = benchsandbox.REPO_ROOT
 
 SCHEMA = "bench_backfill"
 DEFAULT_ROWS = 2_000_000
@@ -79,12 +74,10 @@ SELECT g, 'first' || (g % 5003), 'last' || (g % 997), 'user' || g || '@example.c
 """
 
 
-class SetupError(Exception):
-    """The benchmark could not prepare its data (message for humans)."""
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
+SetupError = benchsandbox.SetupError
+say = benchsandbox.say
+PG = benchsandbox.Postgres("bench_backfill")
+parse_rows = benchsandbox.counter(MIN_ROWS, "ROWS", noun="a row count")
 
 
 def bench_config() -> "sandbox.Config":
@@ -93,59 +86,25 @@ def bench_config() -> "sandbox.Config":
                                app_port=base + len(sandbox.NODES))
 
 
-def parse_rows(text: str) -> int:
-    raw = str(text).strip().lower().replace("_", "")
-    factor = 1
-    if raw.endswith("k"):
-        factor, raw = 1000, raw[:-1]
-    elif raw.endswith("m"):
-        factor, raw = 1000000, raw[:-1]
-    try:
-        value = int(float(raw) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a row count: {text!r}") from None
-    if value < MIN_ROWS:
-        raise argparse.ArgumentTypeError(f"ROWS must be at least {MIN_ROWS} (got {value})")
-    return value
-
-
-def connect(cfg, superuser: bool = False):
-    import psycopg2
-
-    conn = psycopg2.connect(connect_timeout=10, application_name="bench_backfill", **cfg.params("primary", superuser=superuser))
-    conn.autocommit = True
-    return conn
-
-
-def execute(cfg, query: str, superuser: bool = False):
-    conn = connect(cfg, superuser)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query)
-            return cur.fetchall() if cur.description is not None else []
-    finally:
-        conn.close()
-
-
 def prepare(cfg, rows: int) -> None:
-    execute(cfg, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; DROP SCHEMA IF EXISTS {SCHEMA}_journal CASCADE; CREATE SCHEMA {SCHEMA}")
+    PG.query(cfg, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; DROP SCHEMA IF EXISTS {SCHEMA}_journal CASCADE; CREATE SCHEMA {SCHEMA}")
     for table in ("single", "batched"):
         started = time.monotonic()
-        execute(cfg, DDL.format(schema=SCHEMA, table=table, rows=int(rows)))
+        PG.query(cfg, DDL.format(schema=SCHEMA, table=table, rows=int(rows)))
         say(f"loaded {rows:,} rows into {SCHEMA}.{table} in {time.monotonic() - started:.1f}s")
     started = time.monotonic()
     # As a production table is: vacuumed (visibility map set), analyzed, on disk.
-    execute(cfg, f"VACUUM (FREEZE, ANALYZE) {SCHEMA}.single, {SCHEMA}.batched", superuser=True)
+    PG.query(cfg, f"VACUUM (FREEZE, ANALYZE) {SCHEMA}.single, {SCHEMA}.batched", superuser=True)
     say(f"VACUUM (FREEZE, ANALYZE) in {time.monotonic() - started:.1f}s")
 
 
 def checkpoint(cfg) -> None:
-    execute(cfg, "CHECKPOINT", superuser=True)
+    PG.query(cfg, "CHECKPOINT", superuser=True)
     sandbox.wait_standby_caught_up(cfg, timeout=600)
 
 
 def measure_single(cfg) -> float:
-    conn = connect(cfg)
+    conn = PG.connect(cfg)
     try:
         with conn.cursor() as cur:
             started = time.monotonic()
@@ -159,32 +118,19 @@ def measure_single(cfg) -> float:
 
 
 def write_release(directory: str, batch_size) -> str:
-    os.makedirs(os.path.join(directory, "sql"), exist_ok=True)
-    with open(os.path.join(directory, "sql", "001_up.sql"), "w") as fh:
-        fh.write(f"ALTER TABLE {SCHEMA}.batched ADD COLUMN full_name text;\n")
-    with open(os.path.join(directory, "sql", "001_down.sql"), "w") as fh:
-        fh.write(f"ALTER TABLE {SCHEMA}.batched DROP COLUMN full_name;\n")
     backfill = {"table": f"{SCHEMA}.batched", "key": "id", "set": SET}
     if batch_size:
         backfill["batch_size"] = int(batch_size)
-    manifest = {
-        "version": "bench",
-        "app": {"workloads": [{"kind": "Deployment", "name": "web", "containers": {"web": IMAGE}}]},
-        "migrations": [{"id": "001_full_name", "up": "sql/001_up.sql", "down": "sql/001_down.sql", "backfill": backfill}],
-    }
-    path = os.path.join(directory, "release.yml")
-    with open(path, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    return path
+    migration = {"id": "001_full_name", "up": "sql/001_up.sql", "down": "sql/001_down.sql", "backfill": backfill}
+    return benchsandbox.write_release(directory, "bench", IMAGE, migration, f"ALTER TABLE {SCHEMA}.batched ADD COLUMN full_name text;\n",
+                                      f"ALTER TABLE {SCHEMA}.batched DROP COLUMN full_name;\n")
 
 
 def measure_batched(cfg, batch_size) -> tuple:
     from ansible_collections.stateful.rollback.plugins.module_utils.migrate_runner import MigrateFailure, run
 
-    p = cfg.params("primary")
     with tempfile.TemporaryDirectory(prefix="bench_backfill-") as directory:
-        params = dict(login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
-                      login_db=p["dbname"], manifest=write_release(directory, batch_size), journal_schema=f"{SCHEMA}_journal")
+        params = dict(benchsandbox.login_options(cfg), manifest=write_release(directory, batch_size), journal_schema=f"{SCHEMA}_journal")
         started = time.monotonic()
         try:
             result = run(params)
@@ -197,7 +143,7 @@ def measure_batched(cfg, batch_size) -> tuple:
 
 def same_data(cfg) -> bool:
     query = "SELECT count(*), sum(hashtextextended(id::text || ':' || coalesce(full_name, '<null>'), 0)) FROM {}.{}"
-    return execute(cfg, query.format(SCHEMA, "single")) == execute(cfg, query.format(SCHEMA, "batched"))
+    return PG.query(cfg, query.format(SCHEMA, "single")) == PG.query(cfg, query.format(SCHEMA, "batched"))
 
 
 def main(argv=None) -> int:
@@ -206,28 +152,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="backfill batch_size (default $BATCH_SIZE or the manifest's)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running at the end")
     args = parser.parse_args(argv)
-    if args.rows is None:
-        try:
-            args.rows = parse_rows(os.environ["ROWS"]) if os.environ.get("ROWS") else DEFAULT_ROWS
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"ROWS: {exc}")
-    if args.batch_size is None and os.environ.get("BATCH_SIZE"):
-        args.batch_size = int(os.environ["BATCH_SIZE"])
+    args.rows = benchsandbox.from_env(parser, args.rows, "ROWS", parse_rows, DEFAULT_ROWS)
+    args.batch_size = benchsandbox.from_env(parser, args.batch_size, "BATCH_SIZE", int, None)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
 
-    def terminate(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    benchsandbox.interrupt_on_signals()
     cfg = bench_config()
     box = benchsandbox.BenchSandbox("bench_backfill", cfg, say)
-    if not box.lock():
-        return 2
-    code = 2
-    summary = None
-    try:
+
+    def body():
         say(f"bench_backfill: ROWS={args.rows:,} batch_size={args.batch_size or 'manifest default'} sandbox={cfg.sandbox_dir} "
             f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}")
         say("starting the sandbox (primary, standby, subscriber)")
@@ -248,20 +182,10 @@ def main(argv=None) -> int:
             code = 1
         ratio = batched / single
         say(f"note: target {'met' if ratio <= TARGET_RATIO else 'NOT met'} (ratio {ratio:.2f}, target <= {TARGET_RATIO})")
-        summary = (f"backfill rows={args.rows} batched_s={batched:.3f} single_update_s={single:.3f} "
-                   f"ratio={ratio:.2f} max_lock_ms={max_lock_ms:.1f}")
-    except KeyboardInterrupt:
-        say("bench_backfill: interrupted")
-        code = 130
-    except (SetupError, sandbox.SandboxError) as exc:
-        say(f"bench_backfill: error: {exc}")
-        code = 2
-    finally:
-        failed = box.finish(keep=args.keep)
-        code = code or failed  # the teardown runs whatever the outcome
-    if summary:
-        print(summary, flush=True)
-    return code
+        return code, [f"backfill rows={args.rows} batched_s={batched:.3f} single_update_s={single:.3f} "
+                      f"ratio={ratio:.2f} max_lock_ms={max_lock_ms:.1f}"]
+
+    return box.run(body, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -46,25 +46,20 @@ Environment: ``ROWS`` (like --rows), ``BENCH_LIVE_SANDBOX_DIR``,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import signal
 import sys
 import time
 import traceback
 from typing import Dict, List, Optional, Tuple
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-for _path in (BENCH_DIR, os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
+import benchsandbox  # benchmarks/benchsandbox.py: the sandbox life cycle; puts scripts/ and .collections/ on sys.path
 import sandbox  # noqa: E402  (scripts/sandbox.py)
-# Shared with the parity benchmark: rich-or-plain output, ROWS parsing (200k, 2M),
-# sandbox start retried while a port is briefly busy.
+# Shared with the parity benchmark: rich-or-plain output, ROWS parsing (200k, 2M).
 from bench_parity import OUT, parse_rows  # noqa: E402
+
+REPO_ROOT = benchsandbox.REPO_ROOT
 
 DEFAULT_ROWS = 2_000_000
 ROWS_SMALL = 1000
@@ -132,8 +127,9 @@ MIGRATIONS: Tuple[Tuple[str, str, str], ...] = (
 AUTO_LAST = "update_backfill"
 
 
-class SetupError(Exception):
-    """The benchmark could not prepare its data (message for humans)."""
+SetupError = benchsandbox.SetupError
+# autocommit superuser connections on the primary, canonical session settings
+PG = benchsandbox.Postgres("bench_live", superuser=True, canonical=True)
 
 
 class AnalysisError(Exception):
@@ -160,15 +156,8 @@ def bench_config() -> "sandbox.Config":
                                port_env=lambda node: f"BENCH_LIVE_{node.upper()}_PORT")
 
 
-def pg_connect(cfg, dbname: str):
-    """An autocommit superuser connection to ``dbname`` on the primary."""
-    from ansible_collections.stateful.rollback.plugins.module_utils.postgres import connect
-
-    return connect(dict(cfg.params("primary", superuser=True, dbname=dbname)), application_name="bench_live")
-
-
 def execute(cfg, dbname: str, statements, fetch: bool = False):
-    conn = pg_connect(cfg, dbname)
+    conn = PG.connect(cfg, dbname=dbname)
     try:
         with conn.cursor() as cur:
             out = None
@@ -215,12 +204,8 @@ def analyze(cfg, dbname: str, up: str, down: str, scratch: str) -> Tuple[float, 
     """(wall seconds, result) of one compat_runner.run() in live mode."""
     from ansible_collections.stateful.rollback.plugins.module_utils.compat_runner import CompatFailure, run
 
-    p = cfg.params("primary", superuser=True, dbname=dbname)
-    params = dict(
-        migration_sql=up, rollback_sql=down,
-        login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
-        login_db=p["dbname"], mode="live", scratch=scratch, fail_on=[], timeout=ANALYSIS_TIMEOUT,
-    )
+    params = dict(benchsandbox.login_options(cfg, superuser=True, dbname=dbname), migration_sql=up, rollback_sql=down,
+                  mode="live", scratch=scratch, fail_on=[], timeout=ANALYSIS_TIMEOUT)
     started = time.perf_counter()
     try:
         result = run(params)
@@ -405,36 +390,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the sandbox (and the two databases) running at the end")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
-    if args.rows is None:
-        try:
-            args.rows = parse_rows(os.environ["ROWS"]) if os.environ.get("ROWS") else DEFAULT_ROWS
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"ROWS: {exc}")
+    args.rows = benchsandbox.from_env(parser, args.rows, "ROWS", parse_rows, DEFAULT_ROWS)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
 
     if OUT.console is not None and not OUT.console.is_terminal and not os.environ.get("COLUMNS"):
         OUT.console.width = max(OUT.console.width, 132)  # the table is wider than rich's default 80 for a pipe
 
-    # SIGTERM / SIGHUP tear the sandbox down like Ctrl-C does.
-    def terminate(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    benchsandbox.interrupt_on_signals()  # SIGTERM / SIGHUP tear the sandbox down like Ctrl-C does
 
     try:
         cfg = bench_config()
     except sandbox.SandboxError as exc:
         print(f"bench_live: {exc}", file=sys.stderr)
         return 2
-    # One benchmark per sandbox dir: a second one would tear the sandbox down under the first.
-    box = benchsandbox.BenchSandbox("bench_live", cfg, OUT.say, OUT.status)
-    if not box.lock():
-        return 2
-    code = 2
-    auto_line = last = None
-    try:
+    # One benchmark per sandbox dir (a second one would tear the sandbox down under the first); further Ctrl-C is
+    # ignored while tearing down, and pg_ctl runs with the same disposition.
+    box = benchsandbox.BenchSandbox("bench_live", cfg, OUT.say, OUT.status, alarm=functools.partial(OUT.say, style="bold red"))
+
+    def body():
         OUT.say(f"bench_live: rows_small={ROWS_SMALL:,} rows_large={args.rows:,} repeat={args.repeat} "
                 f"sandbox={cfg.sandbox_dir} ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}",
                 style="bold")
@@ -450,29 +424,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(args.json, "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)
                 fh.write("\n")
-    except KeyboardInterrupt:
-        OUT.say("bench_live: interrupted", style="bold red")
-        code = 130
-    except AnalysisError as exc:
-        OUT.say(f"bench_live: the live analysis failed: {exc}", style="bold red")
-        code = 2
-    except (SetupError, sandbox.SandboxError) as exc:
-        OUT.say(f"bench_live: error: {exc}", style="bold red")
-        code = 2
-    # psycopg2.Error / PostgresError while loading, or a bug (with its traceback)
-    except Exception as exc:  # pylint: disable=broad-except
+        return code, [auto_line, last]
+
+    def describe(exc: Exception) -> str:
+        if isinstance(exc, AnalysisError):
+            return f"bench_live: the live analysis failed: {exc}"
+        # psycopg2.Error / PostgresError while loading, or a bug (with its traceback)
         OUT.say(f"bench_live: error: {type(exc).__name__}: {exc}", style="bold red")
         traceback.print_exc()
-        code = 2
-    finally:
-        # Further Ctrl-C is ignored while tearing down; pg_ctl runs with the same disposition.
-        failed = box.finish(keep=args.keep, keep_note=f" ({SMALL_DB}, {LARGE_DB} on port {cfg.primary_port})",
-                            if_was_running=lambda: drop_and_say(cfg))
-        code = code or failed  # the teardown runs whatever the outcome
-    if last:
-        print(auto_line, flush=True)
-        print(last, flush=True)
-    return code
+        return ""
+
+    return box.run(body, keep=args.keep, describe=describe, keep_note=f" ({SMALL_DB}, {LARGE_DB} on port {cfg.primary_port})",
+                   if_was_running=lambda: drop_and_say(cfg))
 
 
 if __name__ == "__main__":

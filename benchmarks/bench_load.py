@@ -39,23 +39,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
+import benchsandbox  # benchmarks/benchsandbox.py: the sandbox life cycle; puts scripts/ and .collections/ on sys.path
 import sandbox  # noqa: E402  (scripts/sandbox.py)
+
+REPO_ROOT = benchsandbox.REPO_ROOT
 
 DEFAULT_ROWS = 300_000
 DEFAULT_DURATION = 20
@@ -77,12 +72,10 @@ END;
 """
 
 
-class SetupError(Exception):
-    """The benchmark could not prepare its data (message for humans)."""
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
+SetupError = benchsandbox.SetupError
+say = benchsandbox.say
+PG = benchsandbox.Postgres("bench_load", superuser=True)
+query = PG.query
 
 
 def bench_config() -> "sandbox.Config":
@@ -91,55 +84,18 @@ def bench_config() -> "sandbox.Config":
                                app_port=base + 5, drop_env_ports=True)
 
 
-def parse_count(text: str, minimum: int = 1) -> int:
-    raw = str(text).strip().lower().replace("_", "")
-    factor = {"k": 1000, "m": 1000000}.get(raw[-1:], 1)
-    try:
-        value = int(float(raw[:-1] if factor > 1 else raw) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
-    return value
-
-
-def connect(cfg, node: str = "primary", superuser: bool = True):
-    import psycopg2
-
-    conn = psycopg2.connect(connect_timeout=10, application_name="bench_load", **cfg.params(node, superuser=superuser))
-    conn.autocommit = True
-    return conn
-
-
-def query(cfg, sql: str, node: str = "primary", params=None):
-    conn = connect(cfg, node)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description is not None else []
-    finally:
-        conn.close()
-
-
-def options(cfg, node: str = "primary") -> dict:
-    p = cfg.params(node)
-    return dict(login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
-                login_db=p["dbname"])
+options = benchsandbox.login_options
 
 
 # -- data ---------------------------------------------------------------------------------------------
 def prepare(cfg, rows: int) -> int:
     """orders grown to ``rows`` rows (new rows on the primary, replicated), without amount_cents. Returns max(id)."""
     for node in ("subscriber", "primary"):
-        query(cfg, "DROP SCHEMA IF EXISTS stateful_rollback CASCADE; ALTER TABLE orders DROP COLUMN IF EXISTS amount_cents", node)
+        query(cfg, "DROP SCHEMA IF EXISTS stateful_rollback CASCADE; ALTER TABLE orders DROP COLUMN IF EXISTS amount_cents", node=node)
     have = query(cfg, "SELECT count(*) FROM orders")[0][0]
     if have < rows:
         say(f"growing orders from {have:,} to {rows:,} rows")
-        query(cfg, "INSERT INTO orders (customer_id, amount, status, placed_at) "
-                   "SELECT 1 + (g * 7919) %% 1000, round((5 + (g * 37) %% 99500 / 100.0)::numeric, 2), "
-                   "(ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4], "
-                   "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' "
-                   "FROM generate_series(1::bigint, %s::bigint) g", params=(rows - have,))
+        query(cfg, benchsandbox.GROW_ORDERS_SQL, {"customers": 1000, "missing": rows - have, "step": "1 minute"})
     query(cfg, "VACUUM ANALYZE orders")
     query(cfg, "CHECKPOINT")
     sandbox.wait_standby_caught_up(cfg, timeout=600)
@@ -148,21 +104,13 @@ def prepare(cfg, rows: int) -> int:
 
 
 def write_release(directory: str, batch_size: int, rate: float) -> str:
-    os.makedirs(os.path.join(directory, "sql"), exist_ok=True)
-    with open(os.path.join(directory, "sql", "up.sql"), "w", encoding="utf-8") as fh:
-        fh.write("ALTER TABLE orders ADD COLUMN IF NOT EXISTS amount_cents bigint;\n")
-    with open(os.path.join(directory, "sql", "down.sql"), "w", encoding="utf-8") as fh:
-        fh.write("ALTER TABLE orders DROP COLUMN IF EXISTS amount_cents;\n")
     backfill = {"table": "public.orders", "key": "id", "set": "amount_cents = (amount * 100)::bigint",
                 "where": "amount_cents IS NULL", "batch_size": batch_size, "max_replica_lag_bytes": LAG_THRESHOLD}
     if rate:
         backfill["max_rows_per_second"] = rate
-    manifest = {"version": "9.9.0", "app": {"workloads": [{"kind": "Deployment", "name": "web", "containers": {"web": IMAGE}}]},
-                "migrations": [{"id": "001-orders-amount-cents", "up": "sql/up.sql", "down": "sql/down.sql", "backfill": backfill}]}
-    path = os.path.join(directory, "release.yml")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2)
-    return path
+    migration = {"id": "001-orders-amount-cents", "up": "sql/up.sql", "down": "sql/down.sql", "backfill": backfill}
+    return benchsandbox.write_release(directory, "9.9.0", IMAGE, migration, "ALTER TABLE orders ADD COLUMN IF NOT EXISTS amount_cents bigint;\n",
+                                      "ALTER TABLE orders DROP COLUMN IF EXISTS amount_cents;\n")
 
 
 # -- load ---------------------------------------------------------------------------------------------
@@ -200,7 +148,7 @@ class LagSampler(threading.Thread):
 
     def run(self):
         try:
-            conn = connect(self.cfg)
+            conn = PG.connect(self.cfg)
             with conn.cursor() as cur:
                 while not self.stop.is_set():
                     cur.execute("SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(replay_lsn, flush_lsn))) "
@@ -312,36 +260,27 @@ def measure(cfg, args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench_load", description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--rows", type=parse_count, default=None, help=f"orders rows (default $ROWS or {DEFAULT_ROWS})")
+    parser.add_argument("--rows", type=benchsandbox.counter(), default=None, help=f"orders rows (default $ROWS or {DEFAULT_ROWS})")
     parser.add_argument("--duration", type=int, default=None, help=f"seconds of load per phase (default $DURATION or {DEFAULT_DURATION})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"backfill batch_size (default $BATCH_SIZE or {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-rows-per-second", type=float, default=None,
                         help=f"backfill rate limit, 0 = none (default $MAX_ROWS_PER_SECOND or {DEFAULT_MAX_ROWS_PER_SECOND})")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running at the end")
     args = parser.parse_args(argv)
-    try:
-        args.rows = args.rows or parse_count(os.environ.get("ROWS") or DEFAULT_ROWS, 1000)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"ROWS: {exc}")
-    args.duration = args.duration or int(os.environ.get("DURATION") or DEFAULT_DURATION)
-    args.batch_size = args.batch_size or int(os.environ.get("BATCH_SIZE") or DEFAULT_BATCH_SIZE)
-    if args.max_rows_per_second is None:
-        args.max_rows_per_second = float(os.environ.get("MAX_ROWS_PER_SECOND") or DEFAULT_MAX_ROWS_PER_SECOND)
+    args.rows = benchsandbox.from_env(parser, args.rows, "ROWS", benchsandbox.counter(1000), DEFAULT_ROWS)
+    # 0 for --duration / --batch-size means: $DURATION / $BATCH_SIZE or the default
+    args.duration = benchsandbox.from_env(parser, args.duration or None, "DURATION", int, DEFAULT_DURATION)
+    args.batch_size = benchsandbox.from_env(parser, args.batch_size or None, "BATCH_SIZE", int, DEFAULT_BATCH_SIZE)
+    args.max_rows_per_second = benchsandbox.from_env(parser, args.max_rows_per_second, "MAX_ROWS_PER_SECOND", float,
+                                                     float(DEFAULT_MAX_ROWS_PER_SECOND))
     if args.duration < 3 or args.batch_size < 1 or args.max_rows_per_second < 0:
         parser.error("--duration must be at least 3, --batch-size at least 1, --max-rows-per-second not negative")
 
-    def terminate(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    benchsandbox.interrupt_on_signals()
     cfg = bench_config()
     box = benchsandbox.BenchSandbox("bench_load", cfg, say)
-    if not box.lock():
-        return 2
-    code = 2
-    summary = None
-    try:
+
+    def body():
         say(f"bench_load: ROWS={args.rows:,} DURATION={args.duration}s sandbox={cfg.sandbox_dir} "
             f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}")
         say("starting the sandbox (kubesim, primary on its PVC, standby, subscriber)")
@@ -364,22 +303,13 @@ def main(argv=None) -> int:
             say(f"FAILED: {r['unfilled']} rows left unfilled by the backfill")
             code = 1
         say(f"note: target {'met' if ratio >= TARGET_RATIO else 'NOT met'} (ratio {ratio:.2f}, target >= {TARGET_RATIO})")
-        summary = f"load tps_base={r['tps_base']:.1f} tps_during_backfill={r['tps_during']:.1f} ratio={ratio:.2f} false_diffs={r['false_diffs']}"
-    except KeyboardInterrupt:
-        say("bench_load: interrupted")
-        code = 130
-    except (SetupError, sandbox.SandboxError) as exc:
-        say(f"bench_load: error: {exc}")
-        code = 2
-    except Exception as exc:  # pylint: disable=broad-except
-        say(f"bench_load: error: {type(exc).__name__}: {str(exc).strip()}")
-        code = 2
-    finally:
-        failed = box.finish(keep=args.keep, hint_extra=f" SANDBOX_APP_PORT={cfg.app_port}")
-        code = code or failed  # the teardown runs whatever the outcome
-    if summary:
-        print(summary, flush=True)
-    return code
+        return code, [f"load tps_base={r['tps_base']:.1f} tps_during_backfill={r['tps_during']:.1f} ratio={ratio:.2f} "
+                      f"false_diffs={r['false_diffs']}"]
+
+    def describe(exc: Exception) -> str:
+        return f"bench_load: error: {type(exc).__name__}: {str(exc).strip()}"
+
+    return box.run(body, keep=args.keep, describe=describe, hint_extra=f" SANDBOX_APP_PORT={cfg.app_port}")
 
 
 if __name__ == "__main__":

@@ -39,22 +39,19 @@ at the demo sandbox; the other ``SANDBOX_*`` settings (passwords,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
+import benchsandbox  # benchmarks/benchsandbox.py: the sandbox life cycle; puts scripts/ and .collections/ on sys.path
 import sandbox  # noqa: E402  (scripts/sandbox.py)
+
+REPO_ROOT = benchsandbox.REPO_ROOT
 
 TABLE = "bench_wide"
 COLUMNS = ("id", "account", "amount", "created_at", "score", "active", "note")
@@ -95,8 +92,10 @@ DEFAULT_RELADIFF_POOL = 2
 KINDS = ("missing_on_replica", "extra_on_replica", "different")
 
 
-class SetupError(Exception):
-    """The benchmark could not prepare its data (message for humans)."""
+SetupError = benchsandbox.SetupError
+# canonical session settings, like ours
+PG = benchsandbox.Postgres("bench_parity", canonical=True)
+parse_rows = benchsandbox.counter(MIN_ROWS, "ROWS", noun="a row count")  # bench_live uses it too
 
 
 # --------------------------------------------------------------------------
@@ -165,39 +164,6 @@ def bench_config() -> "sandbox.Config":
     return benchsandbox.config("BENCH_SANDBOX_DIR", DEFAULT_SANDBOX_DIR, DEFAULT_PORTS, port_env=lambda node: f"BENCH_{node.upper()}_PORT")
 
 
-def parse_rows(text: str) -> int:
-    raw = str(text).strip().lower().replace("_", "")
-    factor = 1
-    if raw.endswith("k"):
-        factor, raw = 1000, raw[:-1]
-    elif raw.endswith("m"):
-        factor, raw = 1000000, raw[:-1]
-    try:
-        value = int(float(raw) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a row count: {text!r}") from None
-    if value < MIN_ROWS:
-        raise argparse.ArgumentTypeError(f"ROWS must be at least {MIN_ROWS} (got {value})")
-    return value
-
-
-def pg_connect(cfg, node: str, superuser: bool = False):
-    """An autocommit psycopg2 connection (canonical session settings, like ours)."""
-    from ansible_collections.stateful.rollback.plugins.module_utils.postgres import connect
-
-    return connect(dict(cfg.params(node, superuser=superuser)), application_name="bench_parity")
-
-
-def sql(cfg, node: str, query: str, params=None, superuser: bool = False):
-    conn = pg_connect(cfg, node, superuser)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description is not None else []
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
@@ -210,14 +176,14 @@ def _lsn(value: str) -> int:
 
 def load(cfg, rows: int) -> None:
     """(Re)create bench_wide on primary + subscriber and load it through replication."""
-    if sql(cfg, "primary", "SELECT to_regclass(%s) IS NOT NULL", (TABLE,))[0][0]:
+    if PG.scalar(cfg, "SELECT to_regclass(%s) IS NOT NULL", (TABLE,)):
         OUT.say(f"dropping the previous {TABLE}")
         sandbox.drop_table(cfg, TABLE, timeout=300)
     sandbox.sync_table(cfg, DDL, timeout=120)
 
     started = time.monotonic()
     with OUT.status(f"loading {rows:,} rows into {TABLE} on the primary"):
-        conn = pg_connect(cfg, "primary")
+        conn = PG.connect(cfg)
         try:
             with conn.cursor() as cur:
                 cur.execute(LOAD_SQL.format(rows=int(rows)))
@@ -228,7 +194,7 @@ def load(cfg, rows: int) -> None:
     OUT.say(f"loaded {rows:,} rows on the primary in {time.monotonic() - started:.1f}s; "
             f"waiting for the subscriber to apply them (up to {LOAD_TIMEOUT:.0f}s)")
     wait_applied(cfg, target, started)
-    counts = {n: sql(cfg, n, f"SELECT count(*) FROM {TABLE}")[0][0] for n in ("primary", "subscriber")}
+    counts = {n: PG.scalar(cfg, f"SELECT count(*) FROM {TABLE}", node=n) for n in ("primary", "subscriber")}
     if counts["primary"] != rows or counts["subscriber"] != rows:
         raise SetupError(f"row counts after the load: {counts}, expected {rows} on both")
     OUT.say(f"subscriber has all {rows:,} rows ({time.monotonic() - started:.1f}s after the load started)")
@@ -242,7 +208,7 @@ def wait_applied(cfg, target: str, started: float) -> None:
     last_print = 0.0
     first_lag = None
     while True:
-        row = sql(cfg, "primary", slot_sql, (sandbox.SUBSCRIPTION,), superuser=True)
+        row = PG.query(cfg, slot_sql, (sandbox.SUBSCRIPTION,), superuser=True)
         confirmed = row[0][0] if row else None
         lag = _lsn(target) - _lsn(confirmed) if confirmed else None
         if lag is not None and lag <= 0:
@@ -291,7 +257,7 @@ def plant(cfg, rows: int) -> Dict[int, str]:
         (f"INSERT INTO {TABLE} (id, account, amount, created_at, score, active, note) "
          "VALUES (%s, 'acct-planted', 1.00, '2024-06-01 00:00:00+00', 0.5, true, 'extra row')", (extra,), 1),
     ]
-    conn = pg_connect(cfg, "subscriber", superuser=True)
+    conn = PG.connect(cfg, "subscriber", superuser=True)
     try:
         with conn.cursor() as cur:
             for query, params, expected in statements:
@@ -305,7 +271,7 @@ def plant(cfg, rows: int) -> Dict[int, str]:
 
 def vacuum_analyze(cfg) -> None:
     def one(node):
-        conn = pg_connect(cfg, node, superuser=True)
+        conn = PG.connect(cfg, node, superuser=True)
         try:
             with conn.cursor() as cur:
                 cur.execute(f"VACUUM (FREEZE, ANALYZE) {TABLE}")
@@ -327,11 +293,10 @@ def vacuum_analyze(cfg) -> None:
 def measure_ours(cfg) -> Tuple[float, Set[Tuple[int, str]], str]:
     from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner import ParityFailure, run
 
-    p, s = cfg.params("primary"), cfg.params("subscriber")
+    s = cfg.params("subscriber")
     params = dict(
         # run() takes the module's validated parameters: canonical names, no aliases (port -> login_port)
-        login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
-        login_db=p["dbname"], mode="parity", tables=[TABLE],
+        benchsandbox.login_options(cfg), mode="parity", tables=[TABLE],
         replicas=[dict(name="subscriber", login_host=s["host"], login_port=int(s["port"]))],
         fail_on_difference=False, max_differences=100,
     )
@@ -384,7 +349,7 @@ def measure_reladiff(cfg, pool_size: int) -> Tuple[float, Set[Tuple[int, str]], 
 
 def measure_floor(cfg) -> Tuple[float, Set[Tuple[int, str]], str]:
     def scan(node):
-        conn = pg_connect(cfg, node)
+        conn = PG.connect(cfg, node)
         try:
             with conn.cursor() as cur:
                 cur.execute(FLOOR_SQL)
@@ -467,11 +432,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "1 is diff_tables()'s library default)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
-    if args.rows is None:
-        try:
-            args.rows = parse_rows(os.environ["ROWS"]) if os.environ.get("ROWS") else DEFAULT_ROWS
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"ROWS: {exc}")
+    args.rows = benchsandbox.from_env(parser, args.rows, "ROWS", parse_rows, DEFAULT_ROWS)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.reladiff_pool < 1:
@@ -486,21 +447,14 @@ def main(argv: Optional[List[str]] = None) -> int:
               "(requirements-dev.txt lists it)", file=sys.stderr)
         return 2
 
-    # SIGTERM / SIGHUP tear the sandbox down like Ctrl-C does.
-    def terminate(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    benchsandbox.interrupt_on_signals()  # SIGTERM / SIGHUP tear the sandbox down like Ctrl-C does
 
     cfg = bench_config()
-    # One benchmark per sandbox dir: a second one would tear the sandbox down under the first.
-    box = benchsandbox.BenchSandbox("bench_parity", cfg, OUT.say, OUT.status)
-    if not box.lock():
-        return 2
-    code = 2
-    summary = None
-    try:
+    # One benchmark per sandbox dir (a second one would tear the sandbox down under the first); further Ctrl-C is
+    # ignored while tearing down, and pg_ctl runs with the same disposition.
+    box = benchsandbox.BenchSandbox("bench_parity", cfg, OUT.say, OUT.status, alarm=functools.partial(OUT.say, style="bold red"))
+
+    def body():
         OUT.say(f"bench_parity: ROWS={args.rows:,} repeat={args.repeat} sandbox={cfg.sandbox_dir} "
                 f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port}", style="bold")
         box.start()
@@ -549,19 +503,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "vs_reladiff": vs_reladiff, "over_floor": over_floor,
                            "results": results, "summary": summary}, fh, indent=2, default=list)
                 fh.write("\n")
-    except KeyboardInterrupt:
-        OUT.say("bench_parity: interrupted", style="bold red")
-        code = 130
-    except (SetupError, sandbox.SandboxError) as exc:
-        OUT.say(f"bench_parity: error: {exc}", style="bold red")
-        code = 2
-    finally:
-        # Further Ctrl-C is ignored while tearing down; pg_ctl runs with the same disposition.
-        failed = box.finish(keep=args.keep)
-        code = code or failed  # the teardown runs whatever the outcome
-    if summary:
-        print(summary, flush=True)
-    return code
+        return code, [summary]
+
+    return box.run(body, keep=args.keep)
 
 
 if __name__ == "__main__":

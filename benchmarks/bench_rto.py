@@ -54,20 +54,16 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import benchsandbox  # noqa: E402  (benchmarks/benchsandbox.py: the sandbox life cycle)
+import benchsandbox  # benchmarks/benchsandbox.py: the sandbox life cycle; puts scripts/ and .collections/ on sys.path
 import sandbox  # noqa: E402  (scripts/sandbox.py)
+
+REPO_ROOT = benchsandbox.REPO_ROOT
 
 DEFAULT_ROWS = 1_000_000
 DEFAULT_RUNS = 5
@@ -83,22 +79,9 @@ DRILL_TIMEOUT = 1800.0  # seconds for one drill playbook
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")  # git-ignored
 VENV_BIN = os.path.join(REPO_ROOT, ".venv", "bin")
 
-GROW_SQL = """
-INSERT INTO orders (customer_id, amount, status, placed_at)
-SELECT 1 + (g * 7919) %% %(customers)s,
-       round((5 + (g * 37) %% 99500 / 100.0)::numeric, 2),
-       (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4],
-       timestamptz '2024-01-01 00:00:00+00' + g * interval '17 seconds'
-  FROM generate_series(1::bigint, %(missing)s::bigint) AS g
-"""
-
-
-class SetupError(Exception):
-    """The benchmark could not prepare its sandbox or data (message for humans)."""
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
+SetupError = benchsandbox.SetupError
+say = benchsandbox.say
+PG = benchsandbox.Postgres("bench_rto")
 
 
 # --------------------------------------------------------------------------
@@ -126,43 +109,9 @@ def sandbox_environ(cfg) -> Dict[str, str]:
     return environ
 
 
-def parse_count(text: str, minimum: int, what: str) -> int:
-    raw = str(text).strip().lower().replace("_", "")
-    factor = 1
-    if raw.endswith("k"):
-        factor, raw = 1000, raw[:-1]
-    elif raw.endswith("m"):
-        factor, raw = 1000000, raw[:-1]
-    try:
-        value = int(float(raw) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{what} must be at least {minimum} (got {value})")
-    return value
-
-
 # --------------------------------------------------------------------------
 # the sandbox and its data
 # --------------------------------------------------------------------------
-
-
-def connect(cfg, node: str = "primary", superuser: bool = False):
-    import psycopg2
-
-    conn = psycopg2.connect(connect_timeout=10, application_name="bench_rto", **cfg.params(node, superuser=superuser))
-    conn.autocommit = True
-    return conn
-
-
-def scalar(cfg, query: str, params=None, node: str = "primary", superuser: bool = False):
-    conn = connect(cfg, node, superuser)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchone()[0] if cur.description is not None else None
-    finally:
-        conn.close()
 
 
 def remove_state(cfg, gone: dict) -> None:
@@ -212,16 +161,16 @@ def install_demo_app(cfg) -> None:
 
 def grow_orders(cfg, rows: int) -> None:
     """orders up to ``rows`` rows on the primary, then wait until the subscriber applied them."""
-    have = int(scalar(cfg, "SELECT count(*) FROM orders"))
+    have = int(PG.scalar(cfg, "SELECT count(*) FROM orders"))
     if have >= rows:
         say(f"orders has {have:,} rows (>= {rows:,})")
         return
-    customers = int(scalar(cfg, "SELECT count(*) FROM customers"))
+    customers = int(PG.scalar(cfg, "SELECT count(*) FROM customers"))
     started = time.monotonic()
-    conn = connect(cfg)
+    conn = PG.connect(cfg)
     try:
         with conn.cursor() as cur:
-            cur.execute(GROW_SQL, {"customers": customers, "missing": rows - have})
+            cur.execute(benchsandbox.GROW_ORDERS_SQL, {"customers": customers, "missing": rows - have, "step": "17 seconds"})
             cur.execute("ANALYZE orders")
     finally:
         conn.close()
@@ -284,42 +233,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench_rto", description=__doc__.split("\n\n", maxsplit=1)[0],
         epilog="Environment: ROWS, RUNS, FAULT, BENCH_RTO_SANDBOX_DIR, BENCH_RTO_PORT_BASE.")
-    parser.add_argument("--rows", type=lambda t: parse_count(t, MIN_ROWS, "ROWS"), default=None,
+    parser.add_argument("--rows", type=benchsandbox.counter(MIN_ROWS, "ROWS"), default=None,
                         help=f"rows in orders before the first drill (default: $ROWS or {DEFAULT_ROWS:,}; 200k / 1M accepted)")
-    parser.add_argument("--runs", type=lambda t: parse_count(t, 1, "RUNS"), default=None,
+    parser.add_argument("--runs", type=benchsandbox.counter(1, "RUNS"), default=None,
                         help=f"drills to run (default: $RUNS or {DEFAULT_RUNS})")
     parser.add_argument("--fault", choices=FAULTS + ("alternate",), default=None,
                         help="the fault of every drill, or alternate (default: $FAULT or corruption, the restore path)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running at the end")
     parser.add_argument("--json", metavar="PATH", help="also write every report and the summary as JSON to PATH")
     args = parser.parse_args(argv)
-    try:
-        if args.rows is None:
-            args.rows = parse_count(os.environ["ROWS"], MIN_ROWS, "ROWS") if os.environ.get("ROWS") else DEFAULT_ROWS
-        if args.runs is None:
-            args.runs = parse_count(os.environ["RUNS"], 1, "RUNS") if os.environ.get("RUNS") else DEFAULT_RUNS
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+    args.rows = benchsandbox.from_env(parser, args.rows, "ROWS", benchsandbox.counter(MIN_ROWS, "ROWS"), DEFAULT_ROWS, prefix="")
+    args.runs = benchsandbox.from_env(parser, args.runs, "RUNS", benchsandbox.counter(1, "RUNS"), DEFAULT_RUNS, prefix="")
     if args.fault is None:
         args.fault = os.environ.get("FAULT") or "corruption"
         if args.fault not in FAULTS + ("alternate",):
             parser.error(f"FAULT must be one of {', '.join(FAULTS + ('alternate',))}")
     faults = [ALTERNATE[i % len(ALTERNATE)] if args.fault == "alternate" else args.fault for i in range(args.runs)]
 
-    def terminate(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
+    benchsandbox.interrupt_on_signals()
 
     cfg = bench_config()
     box = benchsandbox.BenchSandbox("bench_rto", cfg, say)
-    if not box.lock():
-        return 2
-    code = 2
-    summary = None
-    reports: List[dict] = []
-    try:
+
+    def body():
+        reports: List[dict] = []
         say(f"bench_rto: ROWS={args.rows:,} RUNS={args.runs} faults={','.join(faults)} sandbox={cfg.sandbox_dir} "
             f"ports {cfg.primary_port}/{cfg.standby_port}/{cfg.subscriber_port} app {cfg.app_port}")
         box.start(what="kubesim, primary on its PVC, standby, subscriber")
@@ -375,22 +312,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "median_s": median, "max_s": worst, "rows_lost_before_snapshot": lost_before,
                            "rows_lost_after_snapshot": lost_after, "summary": summary}, fh, indent=2)
                 fh.write("\n")
-    except KeyboardInterrupt:
-        say("bench_rto: interrupted")
-        code = 130
-    except subprocess.TimeoutExpired as exc:
-        say(f"bench_rto: a drill ran longer than {exc.timeout:.0f}s")
-        code = 2
-    except (SetupError, sandbox.SandboxError) as exc:
-        say(f"bench_rto: error: {exc}")
-        code = 2
-    finally:
-        failed = box.finish(keep=args.keep, hint_extra=f" SANDBOX_APP_PORT={cfg.app_port}",
-                            after_down=lambda gone: remove_state(cfg, gone))
-        code = code or failed  # the teardown runs whatever the outcome
-    if summary:
-        print(summary, flush=True)
-    return code
+        return code, [summary]
+
+    def describe(exc: Exception) -> Optional[str]:
+        return f"bench_rto: a drill ran longer than {exc.timeout:.0f}s" if isinstance(exc, subprocess.TimeoutExpired) else None
+
+    return box.run(body, keep=args.keep, describe=describe, hint_extra=f" SANDBOX_APP_PORT={cfg.app_port}",
+                   after_down=lambda gone: remove_state(cfg, gone))
 
 
 if __name__ == "__main__":

@@ -3,30 +3,43 @@
 A benchmark builds its own sandbox (own directory and ports, never the demo's or the tests'), and::
 
     box = benchsandbox.BenchSandbox("bench_x", cfg, say)
-    if not box.lock():          # one run per sandbox directory: a second would tear it down under the first
-        return 2
-    try:
+
+    def body():
         box.start()             # sandbox.up(), retried while a port is briefly busy
         ...
-    finally:
-        failed = box.finish(keep=args.keep)   # stop and remove it, unless --keep or it ran before
-        code = code or failed
+        return code, [last_line]
+
+    return box.run(body, keep=args.keep)
+
+``run()`` takes the lock (one run per sandbox directory: a second would tear it down under the first), runs
+``body()``, reports Ctrl-C / SIGTERM (exit status 130) and a ``SetupError`` or ``SandboxError`` (2), tears the
+sandbox down with ``finish()`` (unless ``--keep`` or it ran before) and only then prints the last lines.
 
 ``say(message)`` prints progress; ``status(message)`` (optional) is a context manager showing it while a
-step runs (rich's spinner in bench_parity / bench_live).
+step runs (rich's spinner in bench_parity / bench_live); ``alarm(message)`` (optional, default ``say``) prints
+an error.
+
+Also shared by the benchmarks: ``SetupError`` and ``say()``; ``interrupt_on_signals()`` (SIGTERM / SIGHUP act as
+Ctrl-C); ``parse_count()`` / ``counter()`` (``200k``, ``2M``) and ``from_env()`` (an option's value, else its
+environment variable, else the default); ``Postgres`` (autocommit psycopg2 connections named after the
+benchmark) and ``login_options()`` (a node's ``login_*`` module parameters); ``write_release()`` (a one-migration
+release for migrate_runner) and ``GROW_ORDERS_SQL`` (deterministic rows for the demo ``orders`` table).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
+import json
 import os
 import signal
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".collections")):
@@ -34,6 +47,142 @@ for _path in (os.path.join(REPO_ROOT, "scripts"), os.path.join(REPO_ROOT, ".coll
         sys.path.insert(0, _path)
 
 import sandbox  # noqa: E402  (scripts/sandbox.py)
+
+
+# The demo `orders` table grown by %(missing)s deterministic rows (customer ids 1..%(customers)s, one placed_at
+# every %(step)s); psycopg2 named parameters.
+GROW_ORDERS_SQL = """
+INSERT INTO orders (customer_id, amount, status, placed_at)
+SELECT 1 + (g * 7919) %% %(customers)s,
+       round((5 + (g * 37) %% 99500 / 100.0)::numeric, 2),
+       (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + g %% 4],
+       timestamptz '2024-01-01 00:00:00+00' + g * %(step)s::interval
+  FROM generate_series(1::bigint, %(missing)s::bigint) AS g
+"""
+
+
+class SetupError(Exception):
+    """The benchmark could not prepare its sandbox or data (message for humans)."""
+
+
+def say(message: str) -> None:
+    """One line of progress, printed at once."""
+    print(message, flush=True)
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they tear the sandbox down as Ctrl-C does."""
+    def terminate(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+
+def parse_count(text, minimum: int = 1, what: str = "", noun: str = "a number") -> int:
+    """``2m``, ``500k``, ``1_000``, ``1.5M`` -> an int of at least ``minimum``.
+
+    Bad input raises argparse.ArgumentTypeError: ``not <noun>: '<text>'``, or ``<what> must be at least ...``.
+    """
+    raw = str(text).strip().lower().replace("_", "")
+    factor = {"k": 1000, "m": 1000000}.get(raw[-1:], 1)
+    try:
+        value = int(float(raw[:-1] if factor > 1 else raw) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{what + ' ' if what else ''}must be at least {minimum} (got {value})")
+    return value
+
+
+def counter(minimum: int = 1, what: str = "", noun: str = "a number") -> Callable[[str], int]:
+    """parse_count() with these settings, for argparse's ``type=``."""
+    return functools.partial(parse_count, minimum=minimum, what=what, noun=noun)
+
+
+def from_env(parser: argparse.ArgumentParser, value, env: str, parse: Callable[[str], Any], default, prefix: Optional[str] = None):
+    """``value`` when the option was given (not None), else ``parse($env)`` when that is set, else ``default``.
+
+    A bad ``$env`` is a usage error (parser.error, exit status 2): ``prefix`` (default ``"<env>: "``) + the reason.
+    """
+    if value is not None:
+        return value
+    if not os.environ.get(env):
+        return default
+    try:
+        return parse(os.environ[env])
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(f"{env + ': ' if prefix is None else prefix}{exc}")
+    return None  # not reached: parser.error() exits
+
+
+class Postgres:
+    """Autocommit psycopg2 connections to a benchmark's sandbox, named ``application_name`` (pg_stat_activity).
+
+    ``superuser`` is the role of every call that does not say; ``canonical`` opens them through the collection's
+    module_utils/postgres.connect() with the modules' canonical session settings (to measure as they do).
+    """
+
+    def __init__(self, application_name: str, superuser: bool = False, canonical: bool = False):
+        self.application_name = application_name
+        self.superuser = superuser
+        self.canonical = canonical
+
+    def connect(self, cfg: "sandbox.Config", node: str = "primary", superuser: Optional[bool] = None,
+                dbname: Optional[str] = None):
+        params = cfg.params(node, superuser=self.superuser if superuser is None else superuser,
+                            **({"dbname": dbname} if dbname else {}))
+        if self.canonical:
+            from ansible_collections.stateful.rollback.plugins.module_utils.postgres import connect
+
+            return connect(dict(params), application_name=self.application_name)
+        import psycopg2
+
+        conn = psycopg2.connect(connect_timeout=10, application_name=self.application_name, **params)
+        conn.autocommit = True
+        return conn
+
+    def query(self, cfg: "sandbox.Config", sql: str, params=None, node: str = "primary", superuser: Optional[bool] = None,
+              dbname: Optional[str] = None) -> list:
+        """Every row of ``sql`` on its own connection ([] for a statement that returns none)."""
+        conn = self.connect(cfg, node, superuser, dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+        finally:
+            conn.close()
+
+    def scalar(self, cfg: "sandbox.Config", sql: str, params=None, node: str = "primary", superuser: Optional[bool] = None):
+        """The first column of the first row of ``sql`` (None without one)."""
+        rows = self.query(cfg, sql, params, node, superuser)
+        return rows[0][0] if rows else None
+
+
+def login_options(cfg: "sandbox.Config", node: str = "primary", superuser: bool = False, dbname: Optional[str] = None) -> Dict[str, Any]:
+    """The modules' connection parameters (canonical names: login_host, login_port, ...) for ``node``."""
+    p = cfg.params(node, superuser=superuser, **({"dbname": dbname} if dbname else {}))
+    return dict(login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
+                login_db=p["dbname"])
+
+
+def write_release(directory: str, version: str, image: str, migration: Dict[str, Any], up_sql: str, down_sql: str) -> str:
+    """A release for migrate_runner in ``directory``; returns its manifest's path.
+
+    ``migration`` is the manifest's one migration (id, up, down, backfill ...); ``up_sql`` / ``down_sql`` are
+    written to its ``up`` / ``down`` files. The app is one Deployment ``web`` running ``image``.
+    """
+    for key, text in (("up", up_sql), ("down", down_sql)):
+        path = os.path.join(directory, migration[key])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    manifest = {"version": version, "app": {"workloads": [{"kind": "Deployment", "name": "web", "containers": {"web": image}}]},
+                "migrations": [migration]}
+    path = os.path.join(directory, "release.yml")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+    return path
 
 
 def config(dir_env: str, default_dir: str, ports: Dict[str, int], port_env: Optional[Callable[[str], str]] = None,
@@ -67,11 +216,13 @@ class BenchSandbox:
     """Lock, start and tear down one benchmark's sandbox."""
 
     def __init__(self, prog: str, cfg: "sandbox.Config", say: Callable[[str], None],
-                 status: Optional[Callable[[str], "contextlib.AbstractContextManager"]] = None):
+                 status: Optional[Callable[[str], "contextlib.AbstractContextManager"]] = None,
+                 alarm: Optional[Callable[[str], None]] = None):
         self.prog = prog
         self.cfg = cfg
         self.say = say
         self.status = status or _no_status
+        self.alarm = alarm or say
         self.was_running = False
         self._lock = None
 
@@ -134,3 +285,35 @@ class BenchSandbox:
             self.say(f"{self.prog}: could not tear the sandbox down: {exc}")
             return 2
         return 0
+
+    def run(self, body: Callable[[], Tuple[int, Sequence[str]]], keep: bool = False,
+            describe: Optional[Callable[[Exception], Optional[str]]] = None, **finish: Any) -> int:
+        """The benchmark's run: lock, ``body()`` -> (exit status, last lines), teardown, then the last lines.
+
+        Ctrl-C (and SIGTERM / SIGHUP after interrupt_on_signals()) is exit status 130, a SetupError or
+        SandboxError 2 (``<prog>: error: ...``); ``describe(exc)`` gives the message (exit status 2) of any other
+        exception the benchmark expects ("" when it printed one itself), None to let it through. ``finish`` goes to
+        finish().
+        """
+        if not self.lock():
+            return 2
+        code, last = 2, ()
+        try:
+            code, last = body()
+        except KeyboardInterrupt:
+            self.alarm(f"{self.prog}: interrupted")
+            code = 130
+        except (SetupError, sandbox.SandboxError) as exc:
+            self.alarm(f"{self.prog}: error: {exc}")
+        except Exception as exc:  # pylint: disable=broad-except
+            text = describe(exc) if describe else None
+            if text is None:
+                raise
+            if text:  # "": describe() reported it itself
+                self.alarm(text)
+        finally:
+            failed = self.finish(keep=keep, **finish)
+            code = code or failed  # the teardown runs whatever the outcome
+        for line in last:
+            print(line, flush=True)
+        return code

@@ -937,6 +937,12 @@ def run(params, release=None, check_mode=False, progress=None, sleep=time.sleep,
         failure = "database error: %s" % _pg_message(exc)
     if failure is None and result.get("needs_restore") and runner.params.get("fail_on_irreversible"):
         failure = result["msg"]
+    if failure is not None:
+        # A step the failure interrupted before it could note its outcome (the connection was lost): every step
+        # returned has a state (the module's documented return), so the playbook can read what ran.
+        for step in runner.steps:
+            if "state" not in step:
+                step.update(state="failed", error=failure)
     try:
         if runner.conn is not None and not runner.conn.closed:
             rows = runner.journal_rows()
