@@ -309,8 +309,8 @@ def acquire(kube, params, check_mode=False):
         lease = leases.get()
         now = _now()
         before = facts(lease, now) if lease else None
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") == holder or stale_reason(lease, now):
-            ours = lease is not None and (lease.get("spec") or {}).get("holderIdentity") == holder
+        ours = lease is not None and _held_by(lease, holder, owner)
+        if lease is None or ours or stale_reason(lease, now):
             previous = None if (lease is None or ours or not before["holder"]) else {
                 "holder": before["holder"], "operation": before["operation"], "why": stale_reason(lease, now)}
             spec = {"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": micro_time(now)}
@@ -352,7 +352,7 @@ def release(kube, params, check_mode=False):
     for _attempt in range(10):
         lease = leases.get()
         before = facts(lease) if lease else None
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != params["holder"]:
+        if lease is None or not _held_by(lease, params["holder"], _owner_of(params)):
             return {"changed": False, "acquired": False, "lease": before, "previous_holder": None, "keeper": None,
                     "waited_seconds": 0.0, "diff": {"before": _diff_view(before), "after": _diff_view(before)}}
         after = dict(before, holder=None, operation=None)
@@ -372,6 +372,20 @@ def _give_back(leases, lease):
     """The Lease with no holder (kept, so that its transitions count goes on)."""
     return leases.replace(lease, {"holderIdentity": None, "renewTime": None, "acquireTime": None},
                           {ANNOTATION + "operation": None, ANNOTATION + "owner": None, ANNOTATION + "keeper": None})
+
+
+def _held_by(lease, holder, owner):
+    """Whether ``holder`` (run by the process ``owner`` on this controller, when known) holds ``lease``.
+
+    Two runs can carry the same holder string (run ids made of the second they started): the owner process
+    annotated on the Lease tells them apart, so the second is refused instead of taking the first one's lease.
+    """
+    if (lease.get("spec") or {}).get("holderIdentity") != holder:
+        return False
+    annotated = _owner(lease)
+    if not owner or annotated == (None, None):
+        return True
+    return annotated == tuple(owner) and _annotations(lease).get(ANNOTATION + "controller") == socket.gethostname()
 
 
 def _strip(mapping):

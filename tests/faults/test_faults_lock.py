@@ -105,3 +105,24 @@ def test_two_deploys_at_once_one_runs_the_other_is_refused(shop, tmp_path, recor
     wait_for(lambda: not (lease(sb).get("spec") or {}).get("holderIdentity"), 60, "the lease to be given back")
     record(record_property, "two deploys of one release at once", lost(before, data(sb)))
 
+
+
+def test_a_rollback_during_a_deploy_is_refused(shop, tmp_path):
+    """The lock covers every operation on the target: rollback.yml started while a deploy runs is refused before it
+    changes anything, and the deploy goes on undisturbed."""
+    sb = shop
+    rc, out = playbook(sb, "rollback.yml")  # back to 1.0.0, so that the deploy below has migrations to run
+    assert rc == 0, out[-6000:]
+    deploy = start_playbook(sb, "deploy.yml", "-e", manifest("2.0.0"), log=str(tmp_path / "deploy.log"))
+    try:
+        wait_for(lambda: (lease(sb).get("spec") or {}).get("holderIdentity") or deploy.poll() is not None, 600,
+                 "the deploy to take the lock")
+        assert deploy.poll() is None, log_of(deploy)[-4000:]
+        rc, out = playbook(sb, "rollback.yml")
+        assert rc != 0 and "Lease sandbox/stateful-rollback is held by run" in out, out[-6000:]
+        assert "Traceback" not in out
+        assert deploy.wait(timeout=1500) == 0, log_of(deploy)[-6000:]
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    deployed(sb, "2.0.0")

@@ -303,6 +303,10 @@ def test_through_ansible_playbook_a_second_run_is_refused_and_the_lease_follows_
         rc, out = run_play(tmp_path, kubeconfig, "play-two", "played")
         assert rc != 0 and "Lease locks/played is held by run play-one" in out, out[-3000:]
         assert "Traceback" not in out
+        # Another run that happens to carry the same holder string (run ids made of the second they started)
+        # is told apart by its ansible-playbook process, and refused too.
+        rc, out = run_play(tmp_path, kubeconfig, "play-one", "played")
+        assert rc != 0 and "Lease locks/played is held by run play-one" in out, out[-3000:]
         assert holder(coordination, "played") == "play-one"
         go.write_text("")
         assert first.wait(timeout=180) == 0, play_log(first)
