@@ -62,7 +62,7 @@ options:
     default: stateful-rollback
   holder:
     description:
-      - Who holds the Lease (C(spec.holderIdentity)): an identity unique to this run, such as its run id.
+      - "Who holds the Lease (C(spec.holderIdentity)): an identity unique to this run, such as its run id."
       - Taking the Lease again with the same holder keeps it; only this holder can give it back.
     type: str
     required: true

@@ -244,7 +244,7 @@ def test_manual_rollback_returns_to_last_known_good_keeping_the_rows_written_sin
     assert (rollback["from"], rollback["to"], rollback["source"], rollback["path"]) == ("2.0.0", "1.0.0", "ledger", "revert")
     steps = {s["step"]: s for s in rollback["steps"]}
     assert {k: s["outcome"] for k, s in steps.items()} == {
-        "flags": "compensated", "workloads": "compensated", "schema": "compensated", "verify": "ok", "ledger": "ok"}
+        "precheck": "ok", "flags": "compensated", "workloads": "compensated", "schema": "compensated", "verify": "ok", "ledger": "ok"}
     # The rows written under 2.0.0 differ from its pre-release baseline: the verification compared the schema.
     assert steps["verify"]["details"]["tables_changed_since_baseline"] == ["public.customers", "public.orders"]
     assert steps["verify"]["details"]["compared"].startswith("the schema only")
