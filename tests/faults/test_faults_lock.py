@@ -106,7 +106,6 @@ def test_two_deploys_at_once_one_runs_the_other_is_refused(shop, tmp_path, recor
     record(record_property, "two deploys of one release at once", lost(before, data(sb)))
 
 
-
 def test_a_rollback_during_a_deploy_is_refused(shop, tmp_path):
     """The lock covers every operation on the target: rollback.yml started while a deploy runs is refused before it
     changes anything, and the deploy goes on undisturbed."""
