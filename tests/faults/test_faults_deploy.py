@@ -17,6 +17,7 @@ import time
 import pytest
 from faultkit import (conn_options, install_shop, journal, kill_group, kill_postmaster, kube_get, record, replicas, restart, start_playbook,
                       wait_for)
+from faultdata import data, lost, assert_whole, applied_once, deployed
 from testkit import app_version, columns, ledger, manifest, playbook
 
 from ansible_collections.stateful.rollback.plugins.module_utils import parity_runner
@@ -24,46 +25,9 @@ from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner im
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults, pytest.mark.faults_extended, pytest.mark.timeout(1800)]
 
-OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_DEPLOY_PORT_BASE") or 27720)  # 577xx: a base of its own per concurrent run
+OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_DEPLOY_PORT_BASE") or 27720)  # 277xx: a base of its own per concurrent run
 OWN_SANDBOX_NAME = "pytest-faults-deploy-%d" % OWN_SANDBOX_PORT_BASE
 EXTRA_CUSTOMERS = 60000
-CORE = "SELECT count(*), md5(coalesce(string_agg(concat_ws('|', id, email, name, created_at), ',' ORDER BY id), '')) FROM customers"
-ORDERS = "SELECT count(*), md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o"
-
-
-def data(sb, node="primary"):
-    """Fingerprints of the shop's rows that no release changes (customers' original columns, orders)."""
-    return {"customers": tuple(sb.sql(node, CORE)[0]), "orders": tuple(sb.sql(node, ORDERS)[0])}
-
-
-def lost(before, after):
-    return sum(max(before[t][0] - after[t][0], 0) for t in before)
-
-
-def in_sync(sb, timeout=120):
-    """Primary vs standby vs subscriber: parity of every table of the app."""
-    return parity_runner.run(dict(conn_options(sb), mode="parity", replicas=replicas(sb), settle_timeout=timeout,
-                                  exclude_schemas=["stateful_rollback"]))["in_sync"]
-
-
-def assert_whole(sb, before):
-    """Nothing lost or changed in the rows no release touches, on every node."""
-    sb.wait_standby_caught_up(timeout=120)
-    sb.wait_subscriber_caught_up(timeout=120)
-    assert in_sync(sb) is True
-    for node in ("primary", "standby", "subscriber"):
-        assert data(sb, node) == before, node
-
-
-def applied_once(sb, version):
-    """Journal rows of ``version`` since its last revert: one done row per (migration, phase) and direction up."""
-    rows = journal(sb, version=version)
-    last_down = max([r["id"] for r in rows if r["direction"] == "down"] or [0])
-    ups = [r for r in rows if r["direction"] == "up" and r["id"] > last_down]
-    keys = [(r["migration_id"], r["phase"]) for r in ups]
-    assert len(keys) == len(set(keys)), ups
-    assert all(r["state"] == "done" for r in ups), ups
-    return {(r["migration_id"], r["phase"]): r for r in ups}
 
 
 def flags(sb):
@@ -76,11 +40,6 @@ def images(sb):
     """Deployment sandbox/web's container images."""
     found = kube_get(sb, "/apis/apps/v1/namespaces/%s/deployments/web" % sb.env()["SANDBOX_KUBE_NAMESPACE"])
     return [c["image"] for c in found["spec"]["template"]["spec"]["containers"]]
-
-
-def deployed(sb, version):
-    assert app_version(sb) == version
-    assert ledger(sb)[version] == ("verified", True)
 
 
 @pytest.fixture(scope="module")
