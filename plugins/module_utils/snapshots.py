@@ -337,12 +337,18 @@ class Runner:
                                % (self.namespace, _meta(pvc)["name"], phase or "without a phase"))
         return sorted(pvcs, key=lambda c: _meta(c)["name"])
 
+    def _snapshot_classes(self, classes_cache):
+        """Every VolumeSnapshotClass, listed once per run."""
+        if "__all__" not in classes_cache:
+            classes_cache["__all__"] = self.kube.list(SNAP_API, "VolumeSnapshotClass")
+        return classes_cache["__all__"]
+
     def snapshot_class_for(self, pvc, classes_cache):
         wanted = self.p.get("volume_snapshot_class")
         if wanted:
-            if wanted not in classes_cache:
-                classes_cache[wanted] = self.kube.get(SNAP_API, "VolumeSnapshotClass", wanted)
-            if classes_cache[wanted] is None:
+            # Found in the list, not read by name: the list is what every other path needs too, so the shipped RBAC
+            # (list on volumesnapshotclasses, docs/k8s/rbac.yml) serves a named class as well.
+            if not any(_meta(c).get("name") == wanted for c in self._snapshot_classes(classes_cache)):
                 raise K8sError("VolumeSnapshotClass '%s' not found; set volume_snapshot_class to an existing class "
                                "or create it for the CSI driver of the PVC's StorageClass" % wanted)
             return wanted
@@ -356,9 +362,7 @@ class Runner:
             raise K8sError("StorageClass '%s' of PersistentVolumeClaim %s/%s not found; set volume_snapshot_class"
                            % (sc_name, self.namespace, pvc_name))
         driver = storage_class.get("provisioner")
-        if "__all__" not in classes_cache:
-            classes_cache["__all__"] = self.kube.list(SNAP_API, "VolumeSnapshotClass")
-        defaults = sorted(_meta(c)["name"] for c in classes_cache["__all__"]
+        defaults = sorted(_meta(c)["name"] for c in self._snapshot_classes(classes_cache)
                           if c.get("driver") == driver
                           and str(_meta(c).get("annotations", {}).get(DEFAULT_CLASS_ANNOTATION, "")).lower() == "true")
         if not defaults:

@@ -219,6 +219,28 @@ def test_pvc_snapshot_lifecycle(cluster, kubeconfig, core, custom, tmp_path):
     assert not [n for n in snapshot_names(custom) if n.startswith(("snap-", "p-"))]
 
 
+def test_a_named_class_is_found_in_the_list_the_shipped_rbac_grants(cluster, kubeconfig, custom, tmp_path):
+    """docs/k8s/rbac.yml grants only `list` on volumesnapshotclasses: a named class must not need `get`."""
+    cluster.record_requests(True)
+    cluster.requests(clear=True)
+    try:
+        results, output = play(kubeconfig, tmp_path, [
+            ("named", snap_task(pvcs=["data"], name="named-1", volume_snapshot_class="csi-hostpath-snapclass")),
+            ("missing", snap_task(pvcs=["data"], name="named-2", volume_snapshot_class="no-such-class")),
+            ("gone", snap_task(state="absent", name="named-1")),
+        ], name="named-class")
+        requests = cluster.requests(clear=True)
+    finally:
+        cluster.record_requests(False)
+    assert not results["named"].get("failed"), results["named"]
+    assert results["named"]["snapshots"][0]["volume_snapshot_class"] == "csi-hostpath-snapclass"
+    assert "VolumeSnapshotClass 'no-such-class' not found" in results["missing"]["msg"]
+    assert results["gone"]["changed"] is True
+    verbs = {r["verb"] for r in requests if r["resource"] == "volumesnapshotclasses"}
+    assert verbs == {"list"}, verbs
+    assert "named-2" not in snapshot_names(custom) and "named-1" not in snapshot_names(custom)
+
+
 def test_persistent_api_errors_fail_clearly(cluster, kubeconfig, tmp_path):
     cluster.faults.api_error(count=None, code=503, verb="list", path="/volumesnapshots")
     try:
