@@ -126,37 +126,14 @@ def remove_state(cfg, gone: dict) -> None:
 
 
 def install_demo_app(cfg) -> None:
-    """The demo Deployment (playbooks/demo/web.yml.j2) on image 1.0.0, unless it exists."""
-    import jinja2
-    import yaml
-    from kubernetes import client, config as kube_config
-    from kubernetes.client.rest import ApiException
-
+    """The demo shop (playbooks/demo/web.yml.j2: its Secret and Deployment) on image 1.0.0, unless it exists."""
     import sandbox_kube
 
-    kube_config.load_kube_config(config_file=os.path.join(cfg.sandbox_dir, "kubeconfig"))
-    apps = client.AppsV1Api()
     try:
-        apps.read_namespaced_deployment("web", sandbox_kube.NAMESPACE)
-        say("demo Deployment sandbox/web exists")
-        return
-    except ApiException as exc:
-        if exc.status != 404:
-            raise SetupError(f"cannot read Deployment sandbox/web: {exc.reason}") from None
-    with open(os.path.join(REPO_ROOT, "playbooks", "demo", "web.yml.j2"), encoding="utf-8") as handle:
-        text = jinja2.Template(handle.read()).render(
-            demo_namespace=sandbox_kube.NAMESPACE, demo_image=sandbox_kube.image_ref("1.0.0"),
-            demo_app_port=cfg.app_port, demo_database_url=cfg.dsn("primary"))
-    apps.create_namespaced_deployment(sandbox_kube.NAMESPACE, yaml.safe_load(text))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = apps.read_namespaced_deployment_status("web", sandbox_kube.NAMESPACE).status
-        if (status.ready_replicas or 0) >= 1:
-            say(f"demo Deployment sandbox/web ready on 1.0.0 (http://{cfg.host}:{cfg.app_port}/healthz)")
-            return
-        time.sleep(0.5)
-    raise SetupError("the demo Deployment sandbox/web did not become ready within 60 s; see "
-                     f"{os.path.join(cfg.sandbox_dir, 'apps')}")
+        sandbox_kube.install_shop(cfg, "1.0.0", timeout=60)
+    except sandbox.SandboxError as exc:
+        raise SetupError(f"{exc}; see {os.path.join(cfg.sandbox_dir, 'apps')}") from None
+    say(f"demo Deployment sandbox/web ready (http://{cfg.host}:{cfg.app_port}/healthz)")
 
 
 def grow_orders(cfg, rows: int) -> None:

@@ -2,10 +2,11 @@
 
 A tiny HTTP service (stdlib only) standing in for a real app image. The
 sandbox's Deployment scale hook (scripts/sandbox_kube.py) starts one process
-per replica with the image's version, its port and its database::
+per replica with the image's version, its port and its database (the
+container's DATABASE_URL, from the Secret the Deployment references)::
 
-    python3 scripts/demo_app.py --version 2.0.0 --port 24380 \\
-        --database-url postgresql://app:...@127.0.0.1:24320/app --psql /usr/lib/postgresql/15/bin/psql \\
+    DATABASE_URL=postgresql://app:...@127.0.0.1:24320/app \\
+        python3 scripts/demo_app.py --version 2.0.0 --port 24380 --psql /usr/lib/postgresql/15/bin/psql \\
         [--flags-url http://127.0.0.1:PORT/api/v1/namespaces/sandbox/configmaps/web-flags]
 
 Endpoints:
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -60,7 +63,15 @@ def queries_for(version: str):
 class App:
     def __init__(self, version, database_url, psql, flags_url=None):
         self.version = version
-        self.database_url = database_url
+        # psql gets the URL without its password, and the password in PGPASSWORD: a child's argv is public.
+        parts = urllib.parse.urlsplit(database_url)
+        self.psql_env = dict(os.environ)
+        if parts.password is not None:
+            self.psql_env["PGPASSWORD"] = urllib.parse.unquote(parts.password)
+            netloc = parts.netloc.rsplit("@", 1)
+            user = urllib.parse.unquote(netloc[0].split(":", 1)[0]) if len(netloc) == 2 else ""
+            parts = parts._replace(netloc=(urllib.parse.quote(user, safe="") + "@" if user else "") + netloc[-1])
+        self.database_url = urllib.parse.urlunsplit(parts)
         self.psql = psql
         self.flags_url = flags_url
 
@@ -81,7 +92,8 @@ class App:
             return 503, {"status": "failing", "version": self.version, "error": "feature flag fail_health is on"}
         queries = queries_for(self.version)
         proc = subprocess.run([self.psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.database_url,
-                               "-c", "; ".join(queries)], capture_output=True, text=True, timeout=10, check=False)
+                               "-c", "; ".join(queries)], capture_output=True, text=True, timeout=10, check=False,
+                              env=self.psql_env)
         if proc.returncode != 0:
             error = (proc.stderr or proc.stdout).strip().splitlines()
             return 503, {"status": "failing", "version": self.version, "error": error[0] if error else "psql failed"}
@@ -118,10 +130,13 @@ def main(argv=None):
     parser.add_argument("--version", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
+                        help="the database (default: the environment's DATABASE_URL, where the sandbox puts it)")
     parser.add_argument("--psql", default="psql")
     parser.add_argument("--flags-url")
     args = parser.parse_args(argv)
+    if not args.database_url:
+        parser.error("no database: set DATABASE_URL or give --database-url")
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.app = App(args.version, args.database_url, args.psql, args.flags_url)
     print("demo app %s listening on http://%s:%d" % (args.version, args.host, args.port), flush=True)

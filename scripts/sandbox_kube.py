@@ -31,6 +31,7 @@ Only the stdlib is used (the sandbox runs under a plain ``python3``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -581,7 +582,36 @@ def _probe(url: str) -> tuple:
         return None, str(exc)
 
 
-def on_app_scale(config: "sb.Config", event) -> None:
+def container_env(sim, namespace: str, container: dict) -> dict:
+    """The container's environment as a kubelet builds it: ``value``, or ``valueFrom`` a Secret's or a
+    ConfigMap's key (``secretKeyRef`` / ``configMapKeyRef``, read from the emulator's store). A missing
+    object or key fails like the kubelet's CreateContainerConfigError, unless the reference is optional."""
+    env = {}
+    for entry in container.get("env") or []:
+        if not isinstance(entry, dict) or not entry.get("name"):
+            continue
+        source = entry.get("valueFrom") or {}
+        for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+            ref = source.get(field)
+            if not isinstance(ref, dict):
+                continue
+            obj = sim.get(kind, namespace, ref.get("name") or "") if sim is not None else None
+            data = (obj or {}).get("data") or {}
+            if ref.get("key") not in data:
+                if ref.get("optional"):
+                    break
+                what = f'{kind.lower()} "{ref.get("name")}" not found' if obj is None else \
+                    f'couldn\'t find key {ref.get("key")} in {kind} {namespace}/{ref.get("name")}'
+                raise RuntimeError(f"CreateContainerConfigError: {what}")
+            value = data[ref["key"]]
+            env[entry["name"]] = base64.b64decode(value).decode() if kind == "Secret" else value
+            break
+        else:
+            env[entry["name"]] = entry.get("value") or ""
+    return env
+
+
+def on_app_scale(config: "sb.Config", event, sim=None) -> None:
     """kubesim scale hook of Deployments in namespace sandbox: run the image's demo app version per replica.
 
     Recreate semantics: the old processes stop before the new ones start (they
@@ -602,7 +632,7 @@ def on_app_scale(config: "sb.Config", event) -> None:
     if version is None:
         raise RuntimeError(f'Failed to pull image "{image}": not found in the sandbox registry; '
                            "`scripts/sandbox images` lists the images it has (pinned by digest)")
-    env = {e.get("name"): e.get("value") for e in container.get("env") or [] if isinstance(e, dict)}
+    env = container_env(sim, event.namespace, container)
     try:
         port = int(env.get("PORT") or 0)
     except ValueError:
@@ -617,12 +647,14 @@ def on_app_scale(config: "sb.Config", event) -> None:
     probe_path = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
     for index in range(event.new_replicas):
         argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_app.py"),
-                "--version", version, "--port", str(port + index), "--host", config.host,
-                "--database-url", database_url, "--psql", psql]
+                "--version", version, "--port", str(port + index), "--host", config.host, "--psql", psql]
         if flags_url:
             argv += ["--flags-url", flags_url]
+        # The database URL (with its password) goes in the environment, as in a container: not in argv, which
+        # every local user can read in `ps`.
         with open(os.path.join(_apps_dir(config), f"{prefix}{index}.log"), "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                    env=dict(os.environ, DATABASE_URL=database_url))
         sb._write_file(os.path.join(_apps_dir(config), f"{prefix}{index}.pid"), f"{proc.pid}\n", 0o644)
     for index in range(event.new_replicas):
         url = f"http://{config.host}:{port + index}{probe_path or '/version'}"
@@ -636,6 +668,39 @@ def on_app_scale(config: "sb.Config", event) -> None:
         if code != 200 and (probe_path or code is None):
             stop_apps(config, prefix)
             raise RuntimeError(f"Readiness probe failed: HTTP probe failed with statuscode: {code}: {body.strip()[:300]}")
+
+
+def shop_objects(config: "sb.Config", version: str = "1.0.0", database_url: Optional[str] = None) -> List[dict]:
+    """The demo shop's Secret and Deployment (playbooks/demo/web.yml.j2) for image ``version``, connecting
+    with ``database_url`` (default: the primary's app DSN)."""
+    import jinja2  # pylint: disable=import-outside-toplevel
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    template = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "playbooks", "demo", "web.yml.j2")
+    with open(template, encoding="utf-8") as handle:
+        text = jinja2.Template(handle.read()).render(
+            demo_namespace=NAMESPACE, demo_image=image_ref(version), demo_app_port=config.app_port,
+            demo_database_url=database_url or config.dsn("primary"))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def install_shop(config: "sb.Config", version: str = "1.0.0", database_url: Optional[str] = None,
+                 timeout: float = 120) -> None:
+    """Install the demo shop as the first play of playbooks/demo.yml does (once: an existing Deployment is
+    kept), then wait until its /healthz answers 200."""
+    for obj in shop_objects(config, version, database_url):
+        plural = {"Secret": "secrets", "Deployment": "deployments"}[obj["kind"]]
+        prefix = "/api/v1" if obj["apiVersion"] == "v1" else "/apis/" + obj["apiVersion"]
+        _ensure(config, f"{prefix}/namespaces/{NAMESPACE}/{plural}", obj["metadata"]["name"], obj)
+    url = f"http://{config.host}:{config.app_port}/healthz"
+    deadline = time.monotonic() + timeout
+    code, body = _probe(url)
+    while code != 200:
+        if time.monotonic() > deadline:
+            raise sb.SandboxError(f"the demo shop did not answer {url} with 200 within {timeout:.0f} s "
+                                  f"(last: {code} {body.strip()[:300]})")
+        time.sleep(0.3)
+        code, body = _probe(url)
 
 
 # --------------------------------------------------------------------------
@@ -653,7 +718,7 @@ def serve(config: "sb.Config") -> int:
     sim = KubeSim(kube_dir(config), host=config.host, port=config.kube_port, persist=True)
     sim.on_scale("StatefulSet", NAMESPACE, STATEFULSET, lambda event: on_db_scale(config, event))
     sim.on_snapshot(NAMESPACE, "*", freeze)
-    sim.on_scale("Deployment", NAMESPACE, "*", lambda event: on_app_scale(config, event))
+    sim.on_scale("Deployment", NAMESPACE, "*", lambda event: on_app_scale(config, event, sim))
     sim.start()
     sim.write_kubeconfig(kubeconfig_path(config), namespace=NAMESPACE, context="stateful-rollback-sandbox")
     print(f"kubesim listening on {sim.url}", flush=True)

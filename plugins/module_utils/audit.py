@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - only without psycopg2 (the module repo
 
 FORMAT_VERSION = 1
 ZERO_HASH = "0" * 64
-OUTCOMES = ("ok", "failed", "skipped", "compensated", "approved", "refused")
+OUTCOMES = ("ok", "failed", "skipped", "compensated", "approved", "refused", "overridden")
 STORES = ("file", "table", "both")
 TABLE = "audit_log"
 DEFAULT_SCHEMA = "stateful_rollback"

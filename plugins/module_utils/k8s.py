@@ -19,6 +19,8 @@ import re
 import time
 import traceback
 
+from ansible.module_utils.basic import missing_required_lib
+
 try:
     from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import get_api_client
@@ -262,6 +264,28 @@ def connect(params):
     except Exception as exc:  # pylint: disable=broad-except
         raise K8sError("cannot create a Kubernetes API client: %s" % exc)
     return Kube(k8s_client.client)
+
+
+def run_module(module, action, find_problems):
+    """The body of every Kubernetes module's main(): the kubernetes library present, the names and options
+    checked (``find_problems(params)`` -> messages) before any API request, then ``action(Kube)`` -> result;
+    a K8sError fails the task with its message and context; ``diff`` is returned only in diff mode, and
+    ``warnings`` become the task's warnings."""
+    if not HAS_KUBERNETES:
+        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
+    problems = find_problems(module.params)
+    if problems:
+        # Before any API request: a name the API server would refuse changes nothing.
+        module.fail_json(msg="; ".join(problems))
+    try:
+        result = action(connect(module.params))
+    except K8sError as exc:
+        module.fail_json(msg=exc.msg, **exc.context)
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop("diff", None)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**result)
 
 
 def wait_for(fetch, done, timeout, interval=0.5):

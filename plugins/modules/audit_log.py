@@ -86,9 +86,11 @@ options:
   outcome:
     description:
       - How the stage ended. V(compensated) is a rollback step that undid an earlier change; V(approved) and
-        V(refused) record a governance decision. Defaults to V(ok).
+        V(refused) record a governance decision; V(overridden) a check that found a problem an operator chose to
+        proceed past (the rollback's replica pre-check with C(stateful_rollback_rollback_allow_diverged_replicas)).
+        Defaults to V(ok).
     type: str
-    choices: [ ok, failed, skipped, compensated, approved, refused ]
+    choices: [ ok, failed, skipped, compensated, approved, refused, overridden ]
   run:
     description: The run id (C(stateful_rollback_run.id) of the roles, for example C(20261125T161500Z-2.1.0)).
     type: str
@@ -466,7 +468,7 @@ except ImportError:  # pragma: no cover - only with a broken installation
     audit = metrics = None
     AUDIT_IMP_ERR = traceback.format_exc()
 
-OUTCOMES = ["ok", "failed", "skipped", "compensated", "approved", "refused"]
+OUTCOMES = ["ok", "failed", "skipped", "compensated", "approved", "refused", "overridden"]
 APPEND_ONLY = ("stage", "outcome", "run", "playbook", "release", "actor", "awx_job_id", "started_at", "ended_at",
                "seconds", "changed", "details", "error", "inputs", "figures", "figures_from_details", "metrics_textfile")
 NO_LOG_SHOWN = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"

@@ -417,16 +417,8 @@ timings:
            scale_up_seconds: 4.3}
 """
 
-from ansible.module_utils.basic import missing_required_lib
-
 from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
-from ansible_collections.stateful.rollback.plugins.module_utils.k8s import (
-    HAS_KUBERNETES,
-    KUBERNETES_IMP_ERR,
-    K8sError,
-    connect,
-    k8s_auth_argument_spec,
-)
+from ansible_collections.stateful.rollback.plugins.module_utils.k8s import k8s_auth_argument_spec, run_module
 from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import invalid_params, run
 
 
@@ -473,25 +465,13 @@ def main():
             ("state", "pruned", ("snapshot_selector",)),
         ],
     )
-    if not HAS_KUBERNETES:
-        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
     if module.params["keep"] < 0:
         module.fail_json(msg="keep must not be negative, got %s" % module.params["keep"])
     if module.params["workload"] and module.params["state"] != "restored":
         module.fail_json(msg="workload is only used with state=restored")
     if module.params["wait_timeout"] < 0:
         module.fail_json(msg="wait_timeout must not be negative, got %s" % module.params["wait_timeout"])
-    problems = invalid_params(module.params)
-    if problems:
-        # Before any API request: a name the API server would refuse changes nothing.
-        module.fail_json(msg="; ".join(problems))
-    try:
-        result = run(connect(module.params), module.params, check_mode=module.check_mode)
-    except K8sError as exc:
-        module.fail_json(msg=exc.msg, **exc.context)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_module(module, lambda kube: run(kube, module.params, check_mode=module.check_mode), invalid_params)
 
 
 if __name__ == "__main__":

@@ -111,16 +111,8 @@ timings:
   sample: {total_seconds: 0.05}
 """
 
-from ansible.module_utils.basic import missing_required_lib
-
 from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
-from ansible_collections.stateful.rollback.plugins.module_utils.k8s import (
-    HAS_KUBERNETES,
-    KUBERNETES_IMP_ERR,
-    K8sError,
-    connect,
-    k8s_auth_argument_spec,
-)
+from ansible_collections.stateful.rollback.plugins.module_utils.k8s import k8s_auth_argument_spec, run_module
 from ansible_collections.stateful.rollback.plugins.module_utils.snapshots import invalid_params, info
 
 
@@ -141,17 +133,7 @@ def main():
         mutually_exclusive=[("name", "snapshot_selector")],
         required_by={"name": "namespace"},
     )
-    if not HAS_KUBERNETES:
-        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
-    problems = invalid_params(module.params)
-    if problems:
-        # Before any API request: a name the API server would refuse changes nothing.
-        module.fail_json(msg="; ".join(problems))
-    try:
-        result = info(connect(module.params), module.params)
-    except K8sError as exc:
-        module.fail_json(msg=exc.msg, **exc.context)
-    module.exit_json(**result)
+    run_module(module, lambda kube: info(kube, module.params), invalid_params)
 
 
 if __name__ == "__main__":

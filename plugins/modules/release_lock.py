@@ -179,16 +179,8 @@ waited_seconds:
   sample: 0.0
 """
 
-from ansible.module_utils.basic import missing_required_lib
-
 from ansible_collections.stateful.rollback.plugins.module_utils.module_support import ansible_module
-from ansible_collections.stateful.rollback.plugins.module_utils.k8s import (
-    HAS_KUBERNETES,
-    KUBERNETES_IMP_ERR,
-    K8sError,
-    connect,
-    k8s_auth_argument_spec,
-)
+from ansible_collections.stateful.rollback.plugins.module_utils.k8s import k8s_auth_argument_spec, run_module
 from ansible_collections.stateful.rollback.plugins.module_utils.leases import invalid_params, run
 
 
@@ -210,20 +202,7 @@ def argument_spec():
 
 def main():
     module = ansible_module(argument_spec=argument_spec(), supports_check_mode=True)
-    if not HAS_KUBERNETES:
-        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
-    problems = invalid_params(module.params)
-    if problems:
-        module.fail_json(msg="; ".join(problems))
-    try:
-        result = run(connect(module.params), module.params, check_mode=module.check_mode)
-    except K8sError as exc:
-        module.fail_json(msg=exc.msg, **exc.context)
-    if not module._diff:  # pylint: disable=protected-access
-        result.pop("diff", None)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+    run_module(module, lambda kube: run(kube, module.params, check_mode=module.check_mode), invalid_params)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 """What the playbook-level fault tests compare: fingerprints of the demo shop's rows that no release changes,
-parity of every node, and the journal's proof that each step of a release was applied once."""
+parity of every node, and the journal's proof that each step of a release was applied once; and the shop they
+start from."""
 
 from __future__ import annotations
 
-from faultkit import conn_options, journal, replicas
-from testkit import app_version, ledger
+from faultkit import conn_options, install_shop, journal, replicas
+from testkit import app_version, ledger, manifest, playbook
 
 from ansible_collections.stateful.rollback.plugins.module_utils import parity_runner
 
@@ -51,3 +52,12 @@ def applied_once(sb, version):
 def deployed(sb, version):
     assert app_version(sb) == version
     assert ledger(sb)[version] == ("verified", True)
+
+
+def shop_on_1_0_0(sb):
+    """The demo shop installed, release 1.0.0 deployed and promoted by deploy.yml: where every fault file starts."""
+    install_shop(sb)
+    rc, out = playbook(sb, "deploy.yml", "-e", manifest("1.0.0"))
+    assert rc == 0, out[-6000:]
+    deployed(sb, "1.0.0")
+    return sb

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import sandbox as sandbox_lib  # scripts/sandbox.py (tests/conftest.py puts scripts/ on sys.path)
 import sandbox_kube
@@ -24,28 +23,8 @@ PYTHON = sys.executable
 
 # -- the demo shop, installed as playbooks/demo.yml's first play does (without the drill) --------------------
 def install_shop(sb, version="1.0.0"):
-    """Create Deployment sandbox/web running ``version`` (once) and wait until it is ready."""
-    import jinja2
-
-    env = sb.env()
-    if sandbox_kube.api(sb.config, "GET", "/apis/apps/v1/namespaces/%s/deployments/web" % env["SANDBOX_KUBE_NAMESPACE"]) is None:
-        with open(os.path.join(REPO, "playbooks", "demo", "web.yml.j2"), encoding="utf-8") as fh:
-            text = jinja2.Template(fh.read()).render(
-                demo_namespace=env["SANDBOX_KUBE_NAMESPACE"], demo_image=json.loads(env["SANDBOX_APP_IMAGES"])[version],
-                demo_app_port=env["SANDBOX_APP_PORT"], demo_database_url=env["SANDBOX_PRIMARY_DSN"])
-        import yaml
-
-        body = yaml.safe_load(text)
-        sandbox_kube.api(sb.config, "POST", "/apis/apps/v1/namespaces/%s/deployments" % env["SANDBOX_KUBE_NAMESPACE"], body)
-    wait_for(lambda: _web_ready(sb), 120, "Deployment sandbox/web to become ready")
-
-
-def _web_ready(sb):
-    try:
-        with urllib.request.urlopen(sb.env()["SANDBOX_APP_URL"] + "/healthz", timeout=3) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    """The shop's Secret and Deployment sandbox/web running ``version`` (once), ready."""
+    sandbox_kube.install_shop(sb.config, version)
 
 
 # -- kills aimed at one known PID --------------------------------------------------------------------

@@ -15,9 +15,8 @@ import re
 import time
 
 import pytest
-from faultkit import (conn_options, install_shop, journal, kill_group, kill_postmaster, kube_get, record, replicas, restart, start_playbook,
-                      wait_for)
-from faultdata import data, lost, assert_whole, applied_once, deployed
+from faultdata import applied_once, assert_whole, data, deployed, lost, shop_on_1_0_0
+from faultkit import conn_options, journal, kill_group, kill_postmaster, kube_get, record, replicas, restart, start_playbook, wait_for
 from testkit import app_version, columns, ledger, manifest, playbook
 
 from ansible_collections.stateful.rollback.plugins.module_utils import parity_runner
@@ -44,10 +43,7 @@ def images(sb):
 
 @pytest.fixture(scope="module")
 def shop(own_sandbox):
-    sb = own_sandbox
-    install_shop(sb)
-    rc, out = playbook(sb, "deploy.yml", "-e", manifest("1.0.0"))
-    assert rc == 0, out[-6000:]
+    sb = shop_on_1_0_0(own_sandbox)
     sb.sql("primary", "INSERT INTO customers (email, name, created_at) SELECT format('bulk%%s@example.com', g), "
                       "format('Bulk %%s', g), timestamptz '2025-01-01 00:00:00+00' + g * interval '1 minute' "
                       "FROM generate_series(1, %d) g" % EXTRA_CUSTOMERS)

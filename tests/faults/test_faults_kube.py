@@ -18,10 +18,9 @@ import os
 
 import pytest
 import sandbox_kube
-from faultkit import add_fault, clear_faults, conn_options, faults, install_shop, journal, kube_get, record, replicas
+from faultdata import assert_whole, data, lost, shop_on_1_0_0
+from faultkit import add_fault, clear_faults, faults, journal, kube_get, record
 from testkit import app_version, columns, ledger, manifest, playbook
-
-from ansible_collections.stateful.rollback.plugins.module_utils import parity_runner
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults, pytest.mark.faults_extended, pytest.mark.timeout(1800)]
 
@@ -29,29 +28,7 @@ OWN_SANDBOX_PORT_BASE = int(os.environ.get("FAULTS_KUBE_PORT_BASE") or 29740)
 OWN_SANDBOX_NAME = "pytest-faults-kube-%d" % OWN_SANDBOX_PORT_BASE
 SNAPSHOT = "db-2.0.0-data-db-0"  # <db workload>-<version>-<pvc>: the snapshot role's name of 2.0.0's restore point
 SNAPSHOT_WAIT = 10  # stateful_rollback_snapshot_wait_timeout for the not-ready case (default 300)
-CORE = "SELECT count(*), md5(coalesce(string_agg(concat_ws('|', id, email, name, created_at), ',' ORDER BY id), '')) FROM customers"
-ORDERS = "SELECT count(*), md5(coalesce(string_agg(o::text, ',' ORDER BY id), '')) FROM orders o"
 TRACEBACK = "Traceback (most recent call last)"
-
-
-def data(sb, node="primary"):
-    """Fingerprints of the shop's rows that no release changes (customers' original columns, orders)."""
-    return {"customers": tuple(sb.sql(node, CORE)[0]), "orders": tuple(sb.sql(node, ORDERS)[0])}
-
-
-def lost(before, after):
-    return sum(max(before[t][0] - after[t][0], 0) for t in before)
-
-
-def assert_whole(sb, before):
-    """Primary, standby and subscriber in parity, and nothing lost or changed in the rows no release touches."""
-    sb.wait_standby_caught_up(timeout=120)
-    sb.wait_subscriber_caught_up(timeout=120)
-    result = parity_runner.run(dict(conn_options(sb), mode="parity", replicas=replicas(sb), settle_timeout=120,
-                                    exclude_schemas=["stateful_rollback"]))
-    assert result["in_sync"] is True, result
-    for node in ("primary", "standby", "subscriber"):
-        assert data(sb, node) == before, node
 
 
 def journal_of(sb, version=None):
@@ -91,13 +68,8 @@ def request_codes(sb, method, path_end):
 
 @pytest.fixture(scope="module")
 def shop(own_sandbox):
-    sb = own_sandbox
-    install_shop(sb)
-    rc, out = playbook(sb, "deploy.yml", "-e", manifest("1.0.0"))
-    assert rc == 0, out[-6000:]
-    assert app_version(sb) == "1.0.0" and ledger(sb)["1.0.0"] == ("verified", True)
-    yield sb
-    clear_faults(sb)
+    yield shop_on_1_0_0(own_sandbox)
+    clear_faults(own_sandbox)
 
 
 # -- 4. the pre-release snapshot never becomes ready / reports an error ------------------------------------------------

@@ -15,8 +15,8 @@ import re
 
 import pytest
 import sandbox_kube
-from faultdata import applied_once, assert_whole, data, deployed, lost
-from faultkit import install_shop, journal, record, start_playbook, wait_for
+from faultdata import applied_once, assert_whole, data, deployed, lost, shop_on_1_0_0
+from faultkit import journal, record, start_playbook, wait_for
 from testkit import manifest, playbook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults, pytest.mark.timeout(1800)]
@@ -27,11 +27,7 @@ OWN_SANDBOX_NAME = "pytest-faults-lock"
 
 @pytest.fixture(scope="module")
 def shop(own_sandbox):
-    sb = own_sandbox
-    install_shop(sb)
-    rc, out = playbook(sb, "deploy.yml", "-e", manifest("1.0.0"))
-    assert rc == 0, out[-6000:]
-    return sb
+    return shop_on_1_0_0(own_sandbox)
 
 
 def snapshot_names(sb):

@@ -29,26 +29,6 @@ RELEASE_3 = os.path.join(REPO, "playbooks", "demo", "releases", "3.0.0", "releas
 # 3.0.0 drops a column on purpose: accept those preflight findings, as playbooks/drill.yml does.
 ACCEPT_3 = {"stateful_rollback_preflight_ignore_rules": ["drop-column", "drop-column-data"]}
 
-INSTALL_SHOP = """---
-- name: Install the demo shop with release 1.0.0's image (as playbooks/demo.yml does)
-  hosts: all
-  gather_facts: false
-  tasks:
-    - name: Create the shop's Deployment
-      kubernetes.core.k8s:
-        kubeconfig: "{{ stateful_rollback_kube.kubeconfig }}"
-        state: present
-        definition: "{{ lookup('ansible.builtin.template', repo ~ '/playbooks/demo/web.yml.j2') | from_yaml }}"
-        wait: true
-        wait_timeout: 120
-      vars:
-        demo_namespace: "{{ sandbox_env.SANDBOX_KUBE_NAMESPACE }}"
-        demo_image: "{{ (sandbox_env.SANDBOX_APP_IMAGES | from_json)['1.0.0'] }}"
-        demo_app_port: "{{ sandbox_env.SANDBOX_APP_PORT }}"
-        demo_database_url: "{{ sandbox_env.SANDBOX_PRIMARY_DSN }}"
-      no_log: true
-"""
-
 MIGRATE_ONLY = """---
 - name: Apply a release's migrations with the migrate role alone
   hosts: all
@@ -102,8 +82,7 @@ def one_line(out):
 @pytest.fixture(scope="module")
 def shop(own_sandbox, tmp_path_factory):
     """The shop installed and release 1.0.0 deployed and promoted, with the gate off (the sandbox's default)."""
-    rc, out = run(own_sandbox, tmp_path_factory.mktemp("install"), INSTALL_SHOP)
-    assert rc == 0, out[-4000:]
+    sandbox_kube.install_shop(own_sandbox.config)
     rc, out = playbook(own_sandbox, "deploy.yml", "-e", manifest("1.0.0"))
     assert rc == 0, out[-6000:]
     assert app_version(own_sandbox) == "1.0.0"

@@ -32,10 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 OWN_SANDBOX_PORT_BASE = 27400
 OWN_SANDBOX_NAME = "pytest-audit-events"
 
-# The rollback runs the verify role; its record may say `verify` while the rollback role renames that entry of
-# the run record's stages to `rollback_verify` afterwards (an audit record is never changed).
-ROLLBACK_STEPS = {"rollback_flags", "rollback_workloads", "rollback_schema", "rollback_verify", "rollback_ledger"}
-
 
 @pytest.fixture(scope="module")
 def demo(own_sandbox, tmp_path_factory):
@@ -81,9 +77,7 @@ def test_the_hash_chained_store_holds_one_record_per_stage_and_verifies(demo, ca
         run = demo["runs"][phase]
         mine = [r for r in of_run(demo["records"], run["id"]) if r["stage"] != "drill"]
         # One record per stage of the run record, in order, plus the closing `run` record.
-        assert [r["stage"] for r in mine] == [
-            "verify" if (s["stage"], r["stage"]) == ("rollback_verify", "verify") else s["stage"]
-            for s, r in zip(run["stages"], mine)] + ["run"]
+        assert [r["stage"] for r in mine] == [s["stage"] for s in run["stages"]] + ["run"]
         assert len(mine) == len(run["stages"]) + 1
         for record, stage in zip(mine, run["stages"]):
             assert record["v"] == 1 and record["playbook"] == "drill.yml" and record["release"] == run["release"]["version"]
@@ -98,7 +92,9 @@ def test_the_hash_chained_store_holds_one_record_per_stage_and_verifies(demo, ca
     fault = of_run(demo["records"], demo["runs"]["fault"]["id"])
     stages = [r["stage"] for r in fault]
     assert stages[:4] == ["preflight", "snapshot", "migrate", "deploy"] and stages[-3:] == ["rollback", "run", "drill"]
-    assert ROLLBACK_STEPS <= set(stages[4:-3]) <= ROLLBACK_STEPS | {"verify"}
+    assert stages[4:-3] == ["rollback_flags", "rollback_workloads", "rollback_schema", "rollback_verify_checks", "rollback_verify",
+                            "rollback_ledger"]
+    assert len(set(stages)) == len(stages), stages  # one record per stage: none twice
     assert [r["outcome"] for r in fault][:4] == ["ok", "ok", "ok", "failed"]
     assert fault[-2]["details"]["run_outcome"] == "rolled_back"
 
@@ -131,7 +127,7 @@ def test_the_textfile_parses_and_has_a_duration_series_per_stage(demo):
         for record in of_run(demo["records"], demo["runs"][phase]["id"]):
             key = (record["stage"], record["release"], record["outcome"])
             assert key in durations, (key, sorted(durations))
-    # A series is the last record with its labels (rollback_verify runs twice in the rollback: the second wins).
+    # A series is the last record with its labels.
     expected = {}
     for record in demo["records"]:
         expected[(record["stage"], record["release"], record["outcome"])] = record["seconds"]

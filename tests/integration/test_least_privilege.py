@@ -32,7 +32,8 @@ import pytest
 import yaml
 from testkit import BIN, REPO, app_version, ledger, manifest, playbook, playbook_env
 
-from kubesim import rbac  # scripts/ is on sys.path (tests/conftest.py)
+import sandbox_kube  # scripts/ is on sys.path (tests/conftest.py)
+from kubesim import rbac
 from kubesim.resources import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -151,21 +152,10 @@ def guarded(own_sandbox):
     """The sandbox with the shop installed (by the admin), then tokens on: the playbooks get the deployer's only."""
     sb = own_sandbox
     env = sb.env()
-    import jinja2
-
-    with open(os.path.join(REPO, "playbooks", "demo", "web.yml.j2"), encoding="utf-8") as handle:
-        web = yaml.safe_load(jinja2.Template(handle.read()).render(
-            demo_namespace=NAMESPACE, demo_image=json.loads(env["SANDBOX_APP_IMAGES"])["1.0.0"],
-            demo_app_port=env["SANDBOX_APP_PORT"], demo_database_url=env["SANDBOX_PRIMARY_DSN"]))
-    code, body = kube(sb, "POST", "/apis/apps/v1/namespaces/%s/deployments" % NAMESPACE, web, token=None)
-    assert code in (201, 409), body
+    sandbox_kube.install_shop(sb.config)
     code, body = kube(sb, "POST", "/api/v1/namespaces/%s/secrets" % NAMESPACE,
                       {"metadata": {"name": "app-credentials"}, "stringData": {"password": "s3cret"}}, token=None)
     assert code in (201, 409), body
-    deadline = time.monotonic() + 180
-    while not _answers(sb):
-        assert time.monotonic() < deadline, "the shop did not start"
-        time.sleep(0.5)
     rules = rbac.token_rules(rbac_documents(), NAMESPACE, SERVICE_ACCOUNT)
     for path, body in (("/_kubesim/tokens", {"token": ADMIN_TOKEN, "user": "test-admin"}),
                        ("/_kubesim/tokens", {"token": DEPLOYER_TOKEN, "user": USER, "rules": rules}),
@@ -187,14 +177,6 @@ def guarded(own_sandbox):
     take_log(sb)
     LOG.clear()
     return sb
-
-
-def _answers(sb):
-    try:
-        app_version(sb)
-        return True
-    except OSError:
-        return False
 
 
 def run(sb, name, *extra):

@@ -7,12 +7,14 @@ migration progress logs, the drill report), nor in the audit table.
 A sandbox of its own: its app role's password is the database secret, and its kubesim requires a bearer token
 for every change (anonymous requests may only read, which `scripts/sandbox status` and the demo app need), so the
 playbooks run with a kubeconfig holding the token - the request log proves they used it. The demo shop
-connects with a database role of its own: its DSN is part of its Deployment's spec, which the roles show at -v
-like any workload (an application's secrets belong in a Secret, referenced by secretKeyRef).
+connects with a database role of its own, whose password is a fourth secret: its DSN is in the Secret
+shop-database, which the Deployment references (secretKeyRef), so the roles that show the Deployment at -v never
+show it; the install play that writes the Secret keeps its arguments out of the output (no_log).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -30,8 +32,9 @@ NAME = "pytest-no-secrets"
 DB_PASSWORD = "pw-Nx7qDistinct-db-4711"
 K8S_TOKEN = "tok-Kz9vDistinct-k8s-4712"
 HMAC_KEY = "hmac-Wm3rDistinct-key-4713"
-SECRETS = {"database password": DB_PASSWORD, "Kubernetes token": K8S_TOKEN, "HMAC key": HMAC_KEY}
-SHOP_PASSWORD = "shop-app-password"
+SHOP_PASSWORD = "shop-Qp5tDistinct-app-4714"
+SECRETS = {"database password": DB_PASSWORD, "Kubernetes token": K8S_TOKEN, "HMAC key": HMAC_KEY,
+           "the app's database password": SHOP_PASSWORD}
 
 INSTALL_SHOP = """---
 - name: Install the demo shop with release 1.0.0's image, connecting as the role shop_app
@@ -42,7 +45,7 @@ INSTALL_SHOP = """---
       kubernetes.core.k8s:
         kubeconfig: "{{ stateful_rollback_kube.kubeconfig }}"
         state: present
-        definition: "{{ lookup('ansible.builtin.template', repo ~ '/playbooks/demo/web.yml.j2') | from_yaml }}"
+        definition: "{{ lookup('ansible.builtin.template', repo ~ '/playbooks/demo/web.yml.j2') | from_yaml_all | list }}"
         wait: true
         wait_timeout: 120
       vars:
@@ -50,6 +53,7 @@ INSTALL_SHOP = """---
         demo_image: "{{ (sandbox_env.SANDBOX_APP_IMAGES | from_json)['1.0.0'] }}"
         demo_app_port: "{{ sandbox_env.SANDBOX_APP_PORT }}"
         demo_database_url: "{{ shop_dsn }}"
+      no_log: true  # the Secret's URL carries the app's password
 """
 
 AUDIT_LOG = """---
@@ -200,6 +204,12 @@ def test_the_secrets_were_in_use(secret_sandbox, runs):
     requests = kube_post(sb.kube_url, "/_kubesim/requests", None)["requests"]
     writes = [r for r in requests if r.get("method") in ("PATCH", "PUT", "POST") and r.get("code", 500) < 300]
     assert writes and {r["user"] for r in writes} == {"deployer"}, writes[:5]
+    # The shop connects with its own password, from the Secret its Deployment references.
+    web = kube_post(sb.kube_url, "/apis/apps/v1/namespaces/sandbox/deployments/web", None)
+    (database_url,) = [e for e in web["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "DATABASE_URL"]
+    assert database_url == {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-database", "key": "url"}}}
+    secret = kube_post(sb.kube_url, "/api/v1/namespaces/sandbox/secrets/shop-database", None)
+    assert SHOP_PASSWORD in base64.b64decode(secret["data"]["url"]).decode()
     # The roles' audit records are signed with the key.
     with open(os.path.join(sb.config.sandbox_dir, "state", "audit-log.jsonl"), encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle if line.strip()]

@@ -4,6 +4,8 @@
 * A manual ``playbooks/rollback.yml`` after a good, promoted release (2.0.0): back to the ledger's last
   known-good release with the rows written meanwhile kept, a rerun (with the target named) changing
   nothing, and a target the ledger does not know refused with a clear message.
+* A manual rollback while a replica is unreachable: refused before any change, naming it; with
+  ``stateful_rollback_rollback_allow_diverged_replicas`` it rolls back and leaves that replica out of the verification.
 * A rollback interrupted by SIGKILL (the deploy of 2.1.0, whose rescue reverts with down scripts, killed
   once the rollback has started): ``playbooks/rollback.yml`` finishes the job, and a second run changes
   nothing.
@@ -30,7 +32,7 @@ import time
 
 import pytest
 import sandbox_kube  # scripts/sandbox_kube.py (tests/conftest.py puts scripts/ on sys.path)
-from testkit import REPO, app_version, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed, wait_for
+from testkit import REPO, app_version, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed
 
 # Each test runs three to four playbooks of minutes each on a loaded machine (setup included in the first).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -80,29 +82,6 @@ def shared_vars(sb, directory):
 def run(sb, name, *extra):
     """ansible-playbook playbooks/<name> on the sandbox with the shared variables resolved once."""
     return playbook(sb, name, "-e", "@" + sb.vars_file, *extra, timeout=1500)
-
-
-def install_shop(sb):
-    """Deployment sandbox/web on release 1.0.0's image, as playbooks/demo.yml's first play installs it."""
-    import jinja2
-    import yaml
-
-    env = sb.env()
-    namespace = env["SANDBOX_KUBE_NAMESPACE"]
-    if sandbox_kube.api(sb.config, "GET", "/apis/apps/v1/namespaces/%s/deployments/web" % namespace) is None:
-        with open(os.path.join(REPO, "playbooks", "demo", "web.yml.j2"), encoding="utf-8") as handle:
-            text = jinja2.Template(handle.read()).render(
-                demo_namespace=namespace, demo_image=json.loads(env["SANDBOX_APP_IMAGES"])["1.0.0"],
-                demo_app_port=env["SANDBOX_APP_PORT"], demo_database_url=env["SANDBOX_PRIMARY_DSN"])
-        sandbox_kube.api(sb.config, "POST", "/apis/apps/v1/namespaces/%s/deployments" % namespace, yaml.safe_load(text))
-    wait_for(lambda: _answers(sb), 120, "Deployment sandbox/web to answer")
-
-
-def _answers(sb):
-    try:
-        return app_version(sb) == "1.0.0"
-    except OSError:
-        return False
 
 
 def state_dir(sb):
@@ -212,7 +191,7 @@ def shop(own_sandbox, tmp_path_factory):
     # write (audit log, run records, baselines): start from an empty one.
     shutil.rmtree(state_dir(own_sandbox), ignore_errors=True)
     own_sandbox.vars_file = shared_vars(own_sandbox, tmp_path_factory.mktemp("rollback-e2e"))
-    install_shop(own_sandbox)
+    sandbox_kube.install_shop(own_sandbox.config)
     rc, out = run(own_sandbox, "deploy.yml", "-e", manifest("1.0.0"))
     assert rc == 0, out[-6000:]
     assert app_version(own_sandbox) == "1.0.0" and ledger(own_sandbox)["1.0.0"] == ("verified", True)
@@ -261,6 +240,54 @@ def test_manual_rollback_returns_to_last_known_good_keeping_the_rows_written_sin
     assert "Release 9.9.9 is not in the release ledger" in out and "known releases: " in out, out[-4000:]
     assert "Traceback" not in out
     assert app_version(shop) == "1.0.0"
+
+
+def closed_port():
+    """A loopback port nothing listens on: a replica there is unreachable (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_replica_refuses_the_rollback_and_the_override_leaves_it_out(shop, tmp_path):
+    rc, out = run(shop, "deploy.yml", "-e", manifest("2.0.0"))
+    assert rc == 0, out[-6000:]
+    before = {"flags": flags(shop), "columns": columns(shop, "primary"), "image": app_version(shop)}
+    assert before["image"] == "2.0.0" and "full_name" in before["columns"]
+    # The inventory's replicas plus one that cannot be reached.
+    with open(shop.vars_file, encoding="utf-8") as handle:
+        replicas = json.load(handle)["stateful_rollback_replicas"]
+    ghost = {"name": "ghost", "login_host": "127.0.0.1", "login_port": closed_port()}
+    replicas_file = tmp_path / "replicas.json"
+    replicas_file.write_text(json.dumps({"stateful_rollback_replicas": replicas + [ghost]}))
+
+    rc, out = run(shop, "rollback.yml", "-e", "@%s" % replicas_file)
+    assert rc != 0, out[-6000:]
+    flat = " ".join(out.split())
+    assert "rollback refused before any change" in flat and "replicas could not be checked against the primary" in flat, out[-6000:]
+    assert "replica ghost could not be checked" in flat and "allow_diverged_replicas=true" in flat, out[-6000:]
+    assert "Traceback" not in out
+    # Nothing changed: image, flags, schema and ledger are 2.0.0's.
+    assert {"flags": flags(shop), "columns": columns(shop, "primary"), "image": app_version(shop)} == before
+    assert ledger(shop)["2.0.0"] == ("verified", True)
+    record = run_record(shop, "rollback-to-last-known-good")
+    assert (record["outcome"], record["failure"]["stage"]) == ("failed", "rollback_precheck"), record["failure"]
+    (precheck,) = record["rollback"]["steps"]
+    assert (precheck["step"], precheck["outcome"], precheck["details"]["in_sync"]) == ("precheck", "failed", None), precheck
+    assert [u["replica"] for u in precheck["details"]["unchecked"]] == ["ghost"], precheck
+    assert precheck["details"]["diverged"] == [] and precheck["details"]["excluded_from_verify"] == []
+
+    # The override rolls back, the real replicas verified, the unreachable one left out (and named).
+    rc, out = run(shop, "rollback.yml", "-e", "@%s" % replicas_file, "-e", "stateful_rollback_rollback_allow_diverged_replicas=true")
+    assert rc == 0, out[-6000:]
+    assert "ghost left out of the verification" in " ".join(out.split()), out[-6000:]
+    assert_back_on_1_0_0(shop)
+    assert ledger(shop)["2.0.0"] == ("rolled_back", False)
+    steps = {s["step"]: s for s in run_record(shop, "rollback-to-last-known-good")["rollback"]["steps"]}
+    assert steps["precheck"]["outcome"] == "overridden" and steps["precheck"]["details"]["excluded_from_verify"] == ["ghost"]
+    assert steps["verify"]["outcome"] == "ok" and steps["ledger"]["outcome"] == "ok", steps
 
 
 def test_interrupted_rollback_converges_with_rollback_playbook(shop, tmp_path):

@@ -164,25 +164,10 @@ def deploy(sb, version, *extra):
 
 
 # -- the sandbox ---------------------------------------------------------------------------------------------------
-def install_shop(sb):
-    """The shop's Deployment sandbox/web with 1.0.0's image (what the first play of playbooks/demo.yml does)."""
-    import jinja2
-    import yaml
-
-    env = sb.env()
-    if kube(sb, f"/apis/apps/v1/namespaces/{NS}/deployments/web") is not None:
-        return
-    with open(os.path.join(REPO, "playbooks", "demo", "web.yml.j2"), encoding="utf-8") as handle:
-        body = yaml.safe_load(jinja2.Template(handle.read()).render(
-            demo_namespace=env["SANDBOX_KUBE_NAMESPACE"], demo_image=json.loads(env["SANDBOX_APP_IMAGES"])["1.0.0"],
-            demo_app_port=env["SANDBOX_APP_PORT"], demo_database_url=env["SANDBOX_PRIMARY_DSN"]))
-    sandbox_kube.api(sb.config, "POST", f"/apis/apps/v1/namespaces/{NS}/deployments", body)
-
-
 @pytest.fixture(scope="module")
 def shop(own_sandbox):
     started = time.monotonic()
-    install_shop(own_sandbox)
+    sandbox_kube.install_shop(own_sandbox.config)
     rc, out = deploy(own_sandbox, "1.0.0")
     assert rc == 0, out[-6000:]
     assert "Resolve the shared variables once" in out

@@ -111,7 +111,7 @@ def test_new_entry_fields_times_and_defaults():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"stage": " "}, "stage must be a non-empty name"),
-    ({"outcome": "done"}, "outcome must be one of ok, failed, skipped, compensated, approved, refused"),
+    ({"outcome": "done"}, "outcome must be one of ok, failed, skipped, compensated, approved, refused, overridden"),
     ({"started_at": "yesterday"}, "started_at must be an ISO 8601 time"),
     ({"started_at": "2026-13-40T00:00:00Z"}, "started_at is not a valid time"),
     ({"started_at": "2026-11-25T16:15:00Z", "ended_at": "2026-11-25T16:14:00Z"}, "ended_at (2026-11-25T16:14:00.000Z) is before started_at"),

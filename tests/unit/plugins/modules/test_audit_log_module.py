@@ -23,6 +23,15 @@ def run_module(capsys, args, check_mode=False, diff=False):
     return testkit.run_module(capsys, audit_log, args, check_mode=check_mode, diff=diff, raw=True)
 
 
+def test_the_outcomes_are_the_stores_and_the_docs():
+    """The module's choices (kept in the module, so that its argument spec works without module_utils), the
+    store's rule and DOCUMENTATION name the same outcomes."""
+    import yaml
+
+    assert audit_log.OUTCOMES == list(audit.OUTCOMES)
+    assert yaml.safe_load(audit_log.DOCUMENTATION)["options"]["outcome"]["choices"] == list(audit.OUTCOMES)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -32,7 +41,7 @@ def run_module(capsys, args, check_mode=False, diff=False):
         ({"stage": "s", "path": "/tmp/x", "store": "tape"}, "value of store must be one of: file, table, both"),
         ({"stage": "s", "path": "/tmp/x", "state": "gone"}, "value of state must be one of: appended, verified"),
         ({"stage": "s", "path": "/tmp/x", "outcome": "done"},
-         "value of outcome must be one of: ok, failed, skipped, compensated, approved, refused"),
+         "value of outcome must be one of: ok, failed, skipped, compensated, approved, refused, overridden"),
         ({"state": "verified", "path": "/tmp/x", "stage": "s", "outcome": "ok"},
          "stage, outcome: only used with state=appended, not state=verified"),
         ({"stage": "s", "path": "/tmp/x", "missing_ok": True}, "missing_ok: only used with state=verified"),
