@@ -43,6 +43,15 @@ def run_module(capsys, module, args, check_mode=False, diff=False, raw=False):
     return (result, out) if raw else result
 
 
+def login_options(params, **extra):
+    """The database modules' connection options (community.postgresql's names) for libpq ``params`` of a
+    sandbox node (``sb.primary``, ``sb.params(node)``), plus ``extra``."""
+    options = dict(login_host=params["host"], login_port=int(params["port"]), login_user=params["user"],
+                   login_password=params["password"], login_db=params["dbname"])
+    options.update(extra)
+    return options
+
+
 def playbook_env(sb, **extra):
     """Environment for ansible-playbook against sandbox ``sb`` (its ports and directory)."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")

@@ -16,7 +16,7 @@ import sys
 
 import sandbox as sandbox_lib  # scripts/sandbox.py (tests/conftest.py puts scripts/ on sys.path)
 import sandbox_kube
-from testkit import REPO, playbook_command, playbook_env, wait_for  # noqa: F401  (wait_for: used by the fault tests through faultkit)
+from testkit import REPO, login_options, playbook_command, playbook_env, wait_for  # noqa: F401  (wait_for: used by the fault tests through faultkit)
 
 PYTHON = sys.executable
 
@@ -163,9 +163,7 @@ def kube_get(sb, path):
 
 # -- connections and data --------------------------------------------------------------------------------
 def conn_options(sb, node="primary", superuser=False):
-    p = sb.params(node, superuser=superuser)
-    return dict(login_host=p["host"], login_port=int(p["port"]), login_user=p["user"], login_password=p["password"],
-                login_db=p["dbname"])
+    return login_options(sb.params(node, superuser=superuser))
 
 
 def replicas(sb, names=("standby", "subscriber")):

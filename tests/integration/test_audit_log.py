@@ -51,11 +51,7 @@ def schema(audit_db):
 
 
 def conn_options(sandbox, **extra):
-    params = sandbox.primary
-    options = dict(login_host=params["host"], login_port=int(params["port"]), login_user=params["user"],
-                   login_password=params["password"], login_db=params["dbname"])
-    options.update(extra)
-    return options
+    return testkit.login_options(sandbox.primary, **extra)
 
 
 def run_module(capsys, args, check_mode=False, diff=False):

@@ -13,19 +13,11 @@ import threading
 import time
 
 import pytest
+from testkit import login_options as conn_options
 
 from ansible_collections.stateful.rollback.plugins.module_utils.parity_runner import ParityFailure, run
 
 pytestmark = pytest.mark.integration
-
-
-def conn_options(params, **extra):
-    options = dict(
-        login_host=params["host"], login_port=int(params["port"]), login_user=params["user"],
-        login_password=params["password"], login_db=params["dbname"],
-    )
-    options.update(extra)
-    return options
 
 
 def replicas(sandbox, names=("standby", "subscriber")):
