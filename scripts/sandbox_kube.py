@@ -26,7 +26,9 @@ fresh ``pg_basebackup``, the subscriber with a new schema copy and a new
 subscription that copies every table again. ``scripts/sandbox resync`` does the
 same rebuild on demand.
 
-Only the stdlib is used (the sandbox runs under a plain ``python3``).
+Only the stdlib is used (the sandbox runs under a plain ``python3``), but for
+``shop_objects``/``install_shop``: the tests' and benchmarks' way to install the
+demo shop, which also needs jinja2 and PyYAML (both in the repository's .venv).
 """
 
 from __future__ import annotations
