@@ -53,7 +53,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code, message=None):
         self.sent_code = code  # for the request log
+        # Logged before the answer goes out: a client that reads the log right after its request finds it there.
+        self._log_request(code)
         super().send_response(code, message)
+
+    def _log_request(self, code):
+        pending, self.pending_log = getattr(self, "pending_log", None), None
+        if pending is not None:
+            self.server.sim.record_request(pending["method"], pending["path"], pending["route"], pending["user"], code)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -116,16 +123,17 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = "/" + url.path.strip("/")
         query = parse_qs(url.query)
-        route = user = None
         self.sent_code = None
+        # What the request log gets (see _log_request): completed as the request is understood.
+        self.pending_log = pending = {"method": method, "path": path, "route": None, "user": None}
         try:
             raw = self._read_body()
             if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
-                route = "admin"
+                self.pending_log = None  # the emulator's own endpoints are not logged
                 self._admin(method, path, raw)
                 return
-            route = self._route(method, path, query)
-            user = sim.authenticate(self.headers.get("Authorization"))
+            pending["route"] = route = self._route(method, path, query)
+            pending["user"] = user = sim.authenticate(self.headers.get("Authorization"))
             fault = sim.faults.take_request_fault(route.verb, method, path, route.discovery is not None)
             if fault:
                 self._apply_fault(fault)
@@ -146,8 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
                 traceback.print_exc()
             self._send_json(500, status_body(500, "Internal error occurred: %s: %s" % (type(exc).__name__, exc)))
         finally:
-            if route != "admin":
-                sim.record_request(method, path, route, user, self.sent_code)
+            self._log_request(self.sent_code)  # when no answer was sent (the client went away)
 
     def _apply_fault(self, fault):
         sim = self.server.sim
