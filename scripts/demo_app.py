@@ -68,9 +68,9 @@ class App:
         self.psql_env = dict(os.environ)
         if parts.password is not None:
             self.psql_env["PGPASSWORD"] = urllib.parse.unquote(parts.password)
-            netloc = parts.netloc.rsplit("@", 1)
-            user = urllib.parse.unquote(netloc[0].split(":", 1)[0]) if len(netloc) == 2 else ""
-            parts = parts._replace(netloc=(urllib.parse.quote(user, safe="") + "@" if user else "") + netloc[-1])
+            userinfo, at, hostport = parts.netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            parts = parts._replace(netloc=user + at + hostport if user else hostport)
         self.database_url = urllib.parse.urlunsplit(parts)
         self.psql = psql
         self.flags_url = flags_url

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,13 @@ def run_module(capsys, module, args, check_mode=False, diff=False, raw=False):
     out = capsys.readouterr().out
     result = json.loads(out)
     return (result, out) if raw else result
+
+
+def closed_port():
+    """A loopback port nothing listens on (connection refused): an unreachable server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def login_options(params, **extra):

@@ -18,13 +18,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
 
 import pytest
 import yaml
+from testkit import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -289,12 +289,6 @@ def test_drill_schedule_runs_weekly_on_sunday_at_three_utc_and_answers_the_surve
 
 
 # -- every task's arguments, as the modules validate them ---------------------------------------
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_every_task_passes_argument_validation_and_calls_the_controller(tmp_path, settings):

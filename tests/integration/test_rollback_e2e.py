@@ -32,7 +32,7 @@ import time
 
 import pytest
 import sandbox_kube  # scripts/sandbox_kube.py (tests/conftest.py puts scripts/ on sys.path)
-from testkit import REPO, app_version, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed
+from testkit import REPO, app_version, closed_port, columns, ledger, manifest, playbook, playbook_command, playbook_env, recap_changed
 
 # Each test runs three to four playbooks of minutes each on a loaded machine (setup included in the first).
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -240,15 +240,6 @@ def test_manual_rollback_returns_to_last_known_good_keeping_the_rows_written_sin
     assert "Release 9.9.9 is not in the release ledger" in out and "known releases: " in out, out[-4000:]
     assert "Traceback" not in out
     assert app_version(shop) == "1.0.0"
-
-
-def closed_port():
-    """A loopback port nothing listens on: a replica there is unreachable (connection refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_replica_refuses_the_rollback_and_the_override_leaves_it_out(shop, tmp_path):
